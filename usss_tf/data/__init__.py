@@ -1,0 +1,1 @@
+"""Data: on-disk readers, the synthetic domains and the tf.data pipelines."""

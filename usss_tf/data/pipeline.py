@@ -1,0 +1,251 @@
+"""tf.data input pipelines: labelled subset, unlabelled stream, validation.
+
+Training batches are a pure function of ``(seed, step)``: sample ``i`` of a
+stream is image ``perm_epoch[i % n]`` with ``perm_epoch`` a seeded permutation
+per pass, and every augmentation draws from stateless RNG keyed by ``i``. So
+the same seed gives the same batches however many parallel calls decode them,
+and a resumed run continues exactly where its checkpoint left off without
+replaying the pipeline.
+"""
+
+import json
+import pathlib
+import zlib
+
+import numpy as np
+import tensorflow as tf
+
+from usss_tf.domains import IGNORE_LABEL
+from usss_tf.errors import ConfigError, DatasetError
+
+AUTOTUNE = tf.data.AUTOTUNE
+LABELED_STREAM, UNLABELED_STREAM = 1, 2
+
+
+# -- the labelled subset ------------------------------------------------------------
+
+
+def domain_seed(seed, domain_name):
+    """A per-domain integer seed, stable across Python processes (no ``hash``)."""
+    return (int(seed) * 1_000_003 + zlib.crc32(domain_name.encode())) % (2**31 - 1)
+
+
+def split_labeled(examples, num_labeled, seed, domain_name, num_unlabeled=None):
+    """Seeded draw of ``num_labeled`` examples; the rest form the unlabelled pool.
+
+    Examples are first sorted by key so the draw never depends on the order
+    the file system lists files in. When every image is labelled, the
+    unlabelled pool is the whole split (the entropy terms still need pixels).
+    """
+    examples = sorted(examples, key=lambda e: e.key)
+    if num_labeled > len(examples):
+        raise ConfigError(
+            f"domain '{domain_name}': asked for {num_labeled} labelled images but the "
+            f"training split has only {len(examples)}"
+        )
+    rng = np.random.default_rng(domain_seed(seed, domain_name))
+    chosen = set(rng.choice(len(examples), size=num_labeled, replace=False).tolist())
+    labeled = [e for i, e in enumerate(examples) if i in chosen]
+    unlabeled = [e for i, e in enumerate(examples) if i not in chosen] or list(examples)
+    if num_unlabeled is not None:
+        unlabeled = unlabeled[:num_unlabeled] if num_unlabeled else []
+    return labeled, unlabeled
+
+
+def write_manifest(path, entries):
+    """Writes the labelled-subset manifest, or checks it matches an existing one.
+
+    ``entries`` maps domain -> {"root", "labeled": [keys], "unlabeled": count}.
+    A different manifest in the same run directory means the data or the
+    seed changed under a run being resumed: that is an error, not a silent
+    change of the experiment.
+    """
+    path = pathlib.Path(path)
+    if path.exists():
+        existing = json.loads(path.read_text())
+        if existing != entries:
+            changed = sorted(k for k in set(existing) | set(entries) if existing.get(k) != entries.get(k))
+            raise DatasetError(
+                f"{path}: the labelled subset differs from the one this run started with "
+                f"(domains: {', '.join(changed)}); the data or seed changed, use a new run directory"
+            )
+        return
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(entries, indent=2))
+    tmp.replace(path)
+
+
+# -- decoding -----------------------------------------------------------------------
+
+
+def decode_image(path):
+    """uint8 [H, W, 3] from a PNG or JPEG file."""
+    data = tf.io.read_file(path)
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def decode_label(path, lookup_table):
+    """Train ids uint8 [H, W] from a raw-id PNG through the domain's 256-entry table."""
+    raw = tf.io.decode_png(tf.io.read_file(path), channels=1, dtype=tf.uint8)[..., 0]
+    return tf.gather(tf.constant(lookup_table, tf.uint8), tf.cast(raw, tf.int32))
+
+
+def _resize_pair(image, label, size):
+    image = tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear")
+    label = tf.image.resize(label[..., None], size, method="nearest")[..., 0]
+    return image, label
+
+
+def _scaled_size(shape, scale):
+    return tf.cast(tf.round(tf.cast(shape, tf.float32) * scale), tf.int32)
+
+
+# -- augmentation -------------------------------------------------------------------
+
+
+def augment(image, label, seed, crop, domain_scale, augment_config):
+    """Joint image+mask augmentation with stateless RNG.
+
+    Random scale (times the domain's scale) -> pad to the crop with ignore ->
+    random crop -> horizontal flip -> photometric jitter (image only).
+
+    Args:
+      image: uint8/float [H, W, 3]; label: uint8 [H, W] or None.
+      seed: int32 [2] stateless seed.
+    Returns:
+      float32 [crop_h, crop_w, 3] in 0..255 and uint8 [crop_h, crop_w] (or None).
+    """
+    seeds = tf.random.experimental.stateless_split(seed, num=8)
+    a = augment_config
+    scale = tf.random.stateless_uniform([], seeds[0], a.min_scale, a.max_scale) * domain_scale
+    size = _scaled_size(tf.shape(image)[:2], scale)
+    has_label = label is not None
+    if not has_label:
+        label = tf.zeros(tf.shape(image)[:2], tf.uint8)
+    image, label = _resize_pair(image, label, size)
+
+    crop_h, crop_w = crop
+    pad_h = tf.maximum(crop_h - size[0], 0)
+    pad_w = tf.maximum(crop_w - size[1], 0)
+    paddings = [[0, pad_h], [0, pad_w]]
+    image = tf.pad(image, paddings + [[0, 0]])
+    label = tf.pad(label, paddings, constant_values=IGNORE_LABEL)
+
+    stacked = tf.concat([image, tf.cast(label[..., None], tf.float32)], axis=-1)
+    stacked = tf.image.stateless_random_crop(stacked, [crop_h, crop_w, 4], seeds[1])
+    if a.flip:
+        stacked = tf.image.stateless_random_flip_left_right(stacked, seeds[2])
+    image = stacked[..., :3]
+    label = tf.cast(stacked[..., 3], tf.uint8)
+
+    if a.photometric:
+        x = image / 255.0
+        x = tf.image.stateless_random_brightness(x, 0.15, seeds[3])
+        x = tf.image.stateless_random_contrast(x, 0.8, 1.2, seeds[4])
+        x = tf.image.stateless_random_saturation(x, 0.8, 1.2, seeds[5])
+        x = tf.image.stateless_random_hue(x, 0.03, seeds[6])
+        image = tf.clip_by_value(x, 0.0, 1.0) * 255.0
+    image.set_shape([crop_h, crop_w, 3])
+    label.set_shape([crop_h, crop_w])
+    return image, (label if has_label else None)
+
+
+# -- training streams ---------------------------------------------------------------
+
+
+def _sample_index(i, n, seed):
+    """Index of sample ``i`` in a stream over ``n`` items reshuffled every pass."""
+    epoch = i // n
+    noise = tf.random.stateless_uniform([n], tf.stack([tf.cast(seed, tf.int64), epoch]))
+    permutation = tf.argsort(noise)
+    return tf.gather(permutation, tf.cast(i % n, tf.int32))
+
+
+def _stream(images, labels, batch_size, start_step, num_steps, seed, crop, scale, augment_config, table):
+    """A batched stream of augmented crops for steps ``[start_step, start_step + num_steps)``."""
+    n = len(images)
+    image_paths = tf.constant(images)
+    label_paths = tf.constant(labels) if labels is not None else None
+
+    def load(i):
+        index = _sample_index(i, n, seed)
+        image = decode_image(tf.gather(image_paths, index))
+        label = decode_label(tf.gather(label_paths, index), table) if label_paths is not None else None
+        element_seed = tf.stack([tf.cast(seed, tf.int64) + 7919, i])
+        image, label = augment(image, label, element_seed, crop, scale, augment_config)
+        return (image, tf.cast(label, tf.int32)) if label is not None else image
+
+    first = start_step * batch_size
+    last = (start_step + num_steps) * batch_size
+    ds = tf.data.Dataset.range(first, last)
+    ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size, drop_remainder=True)
+
+
+def train_dataset(domain_inputs, data_config, seed, start_step, num_steps, with_unlabeled=True):
+    """One element per step: ``{domain: {"images", "labels"[, "unlabeled"]}}``.
+
+    Args:
+      domain_inputs: list of ``DomainInputs`` (one per domain, config order).
+      data_config: ``DataConfig`` (crop, batch sizes, augmentation).
+      seed: experiment seed.
+      start_step, num_steps: the steps this dataset covers.
+      with_unlabeled: add the unlabelled stream (entropy terms).
+    """
+    per_domain = {}
+    crop = tuple(data_config.crop)
+    for inputs in domain_inputs:
+        base = domain_seed(seed, inputs.domain.name)
+        table = inputs.domain.lookup_table()
+        labeled = _stream(
+            [e.image for e in inputs.labeled], [e.label for e in inputs.labeled],
+            data_config.batch_size, start_step, num_steps, base * 4 + LABELED_STREAM, crop,
+            inputs.scale, data_config.augment, table,
+        )
+        labeled = labeled.map(lambda x, y: {"images": x, "labels": y})
+        if with_unlabeled and inputs.unlabeled and data_config.unlabeled_batch_size:
+            unlabeled = _stream(
+                [e.image for e in inputs.unlabeled], None, data_config.unlabeled_batch_size,
+                start_step, num_steps, base * 4 + UNLABELED_STREAM, crop, inputs.scale,
+                data_config.augment, table,
+            )
+            labeled = tf.data.Dataset.zip(labeled, unlabeled).map(
+                lambda l, u: {**l, "unlabeled": u}
+            )
+        per_domain[inputs.domain.name] = labeled
+    ds = tf.data.Dataset.zip(per_domain)
+    options = tf.data.Options()
+    options.deterministic = True
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options).prefetch(AUTOTUNE)
+
+
+# -- evaluation ---------------------------------------------------------------------
+
+
+def eval_dataset(domain, examples, scale, batch_size, keyed=True):
+    """Validation batches ``{domain: {"images", "labels"}}`` at the label's resolution.
+
+    Images are resized by the domain's ``scale``; labels keep their own size
+    (predictions are upsampled to it). Batches are padded: pixels padded in
+    the label are ignored.
+    """
+    table = domain.lookup_table()
+    images = tf.constant([e.image for e in examples])
+    labels = tf.constant([e.label for e in examples])
+
+    def load(image_path, label_path):
+        image = tf.cast(decode_image(image_path), tf.float32)
+        if scale != 1.0:
+            image = tf.image.resize(image, _scaled_size(tf.shape(image)[:2], scale))
+        label = tf.cast(decode_label(label_path, table), tf.int32)
+        return image, label
+
+    ds = tf.data.Dataset.from_tensor_slices((images, labels))
+    ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.padded_batch(batch_size, padding_values=(0.0, IGNORE_LABEL))
+    if keyed:
+        ds = ds.map(lambda x, y: {domain.name: {"images": x, "labels": y}})
+    return ds.prefetch(AUTOTUNE)
