@@ -1,0 +1,76 @@
+import pytest
+import yaml
+
+from usss_tf import config as config_lib
+from usss_tf.errors import ConfigError
+
+BASE = {
+    "name": "t",
+    "domains": [
+        {"name": "synth_city", "root": "/tmp/a", "labeled": 5},
+        {"name": "synth_camvid", "root": "/tmp/b", "labeled": 5},
+    ],
+}
+
+
+def _write(tmp_path, mapping):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(mapping))
+    return path
+
+
+def test_load_with_overrides_including_list_items(tmp_path):
+    config = config_lib.load_config(
+        _write(tmp_path, BASE),
+        ["train.steps=200", "domains.0.root=/data/cs", "data.crop=[64, 128]", "model.width=0.25"],
+    )
+    assert config.train.steps == 200
+    assert config.domains[0].root == "/data/cs"
+    assert config.data.crop == [64, 128]
+    assert config.model.width == 0.25
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("train.stepz=3", "train.stepz"),
+        ("domains.5.root=/x", "domains.5"),
+        ("train.steps=many", "train.steps"),
+        ("model.backbone=resnet", "model.backbone"),
+        ("domains.1.name=nowhere", "nowhere"),
+        ("novalue", "novalue"),
+    ],
+)
+def test_bad_overrides_name_the_key(tmp_path, override, fragment):
+    with pytest.raises(ConfigError) as error:
+        config_lib.load_config(_write(tmp_path, BASE), [override])
+    assert fragment in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_wrong_type_and_unknown_key_in_file(tmp_path):
+    bad = dict(BASE, train={"steps": "ten"})
+    with pytest.raises(ConfigError, match=r"c.yaml: key 'train.steps': expected an integer"):
+        config_lib.load_config(_write(tmp_path, bad))
+    bad = dict(BASE, trian={"steps": 1})
+    with pytest.raises(ConfigError, match="unknown key 'trian'"):
+        config_lib.load_config(_write(tmp_path, bad))
+
+
+def test_unknown_domain_is_reported_with_the_key(tmp_path):
+    bad = dict(BASE, domains=[{"name": "atlantis", "root": "/x"}])
+    with pytest.raises(ConfigError, match=r"domains.0.name.*atlantis"):
+        config_lib.load_config(_write(tmp_path, bad))
+
+
+def test_round_trip_through_yaml(tmp_path):
+    config = config_lib.load_config(_write(tmp_path, BASE))
+    config_lib.save_config(config, tmp_path / "saved.yaml")
+    assert config_lib.load_config(tmp_path / "saved.yaml") == config
+
+
+def test_shipped_pipelines_load():
+    import pathlib
+
+    for path in sorted(pathlib.Path(__file__).parent.parent.glob("pipelines/*.yaml")):
+        config_lib.load_config(path)

@@ -1,0 +1,50 @@
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from usss_tf import losses
+
+
+def test_masked_cross_entropy_matches_hand_computation_and_skips_ignore():
+    logits = np.array([[[[2.0, 0.0], [0.0, 1.0], [5.0, -5.0]]]], np.float32)  # [1, 1, 3, 2]
+    labels = np.array([[[0, 1, 255]]], np.int32)
+    expected = (
+        -math.log(math.exp(2) / (math.exp(2) + 1)) - math.log(math.exp(1) / (math.exp(1) + 1))
+    ) / 2
+    assert float(losses.masked_cross_entropy(labels, logits)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_masked_cross_entropy_is_zero_when_everything_is_ignored():
+    logits = tf.random.normal([2, 4, 4, 3])
+    labels = tf.fill([2, 4, 4], 255)
+    assert float(losses.masked_cross_entropy(labels, logits)) == 0.0
+
+
+def test_entropy_of_uniform_and_peaked_distributions():
+    uniform = tf.zeros([2, 3, 3, 4])
+    assert float(losses.entropy(uniform)) == pytest.approx(math.log(4), rel=1e-6)
+    p = np.array([0.7, 0.2, 0.1])
+    expected = -(p * np.log(p)).sum()
+    logits = tf.constant(np.log(p)[None, :], tf.float32)
+    assert float(losses.entropy(logits)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_centroid_similarity_takes_the_best_centroid_per_class():
+    e = np.array([[1.0, 0.0]], np.float32)
+    centroids = np.array(
+        [
+            [[0.0, 1.0], [1.0, 0.0]],  # class 0: the second centroid matches exactly
+            [[-1.0, 0.0], [0.6, 0.8]],  # class 1: best dot 0.6
+        ],
+        np.float32,
+    )
+    sim = losses.centroid_similarity(e, centroids, temperature=0.5).numpy()
+    np.testing.assert_allclose(sim, [[1.0 / 0.5, 0.6 / 0.5]], rtol=1e-6)
+
+
+def test_losses_are_float32_under_float16_inputs():
+    logits = tf.cast(tf.random.normal([1, 2, 2, 3]), tf.float16)
+    assert losses.entropy(logits).dtype == tf.float32
+    assert losses.masked_cross_entropy(tf.zeros([1, 2, 2], tf.int32), logits).dtype == tf.float32

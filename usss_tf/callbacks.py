@@ -1,0 +1,73 @@
+"""Keras callbacks: per-step TensorBoard scalars and a progress bar."""
+
+import time
+
+import keras
+import tensorflow as tf
+
+
+class TrainingLogger(keras.callbacks.Callback):
+    """Writes every loss term, the learning rate and images/s to TensorBoard.
+
+    One instance spans a whole stage (which may be trained in several ``fit``
+    calls between checkpoints); the step is read from the optimizer so a
+    resumed run continues the same curves.
+
+    Args:
+      writer: a ``tf.summary`` file writer.
+      stage: tag prefix, e.g. ``"universal"``.
+      step_offset: global step of this stage's step 0 (earlier stages' steps).
+      log_every: steps between scalar writes.
+      images_per_step: images the step consumes (all domains, both streams).
+      total_steps: steps of the stage, for the progress bar.
+      verbose: 0 silent, 1 progress bar.
+    """
+
+    def __init__(self, writer, stage, step_offset, log_every, images_per_step, total_steps, verbose=1):
+        super().__init__()
+        self.writer = writer
+        self.stage = stage
+        self.step_offset = step_offset
+        self.log_every = log_every
+        self.images_per_step = images_per_step
+        self.total_steps = total_steps
+        self.progbar = keras.utils.Progbar(total_steps, stateful_metrics=None) if verbose else None
+        self._last_time = None
+        self._last_step = None
+        self.last_logs = {}
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._last_time is None:
+            self._last_time = time.perf_counter()
+            self._last_step = int(self.model.optimizer.iterations.numpy())
+
+    def on_train_batch_end(self, batch, logs=None):
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        self.last_logs = logs
+        step = int(self.model.optimizer.iterations.numpy())
+        if step % self.log_every == 0 or step == self.total_steps:
+            now = time.perf_counter()
+            elapsed = now - self._last_time
+            steps = step - self._last_step
+            global_step = self.step_offset + step
+            with self.writer.as_default(step=global_step):
+                for key, value in logs.items():
+                    tf.summary.scalar(f"{self.stage}/{key}", value)
+                if steps > 0 and elapsed > 0:
+                    tf.summary.scalar(
+                        f"{self.stage}/images_per_second", steps * self.images_per_step / elapsed
+                    )
+            self.writer.flush()
+            self._last_time, self._last_step = now, step
+        if self.progbar is not None:
+            shown = [(k, v) for k, v in logs.items() if "/" not in k and k != "learning_rate"]
+            shown += [(k.split("/")[0], v) for k, v in logs.items() if "/" in k]
+            self.progbar.update(step, values=_merge(shown))
+
+
+def _merge(pairs):
+    """Sums terms of the same name over domains for a compact progress line."""
+    merged = {}
+    for key, value in pairs:
+        merged[key] = merged.get(key, 0.0) + value
+    return list(merged.items())

@@ -1,0 +1,369 @@
+"""Runs an experiment: supervised pre-training -> label centroids -> universal training.
+
+A run directory holds everything a run needs to be resumed and audited::
+
+    config.yaml      the resolved config (re-running checks it is unchanged)
+    run.json         seed, versions, devices
+    manifest.json    the labelled subset of every domain (by example key)
+    stages.json      finished stages with their step counts (written atomically)
+    checkpoints/<stage>/   tf.train.CheckpointManager checkpoints (model + optimizer)
+    centroids.json   the centroid stage's report (pixels per class, missing classes)
+    tensorboard/{train,validation}/   event files
+    metrics.json     the final validation figures per domain
+
+Re-running ``train`` on the same directory skips finished stages and resumes
+the current one from its latest checkpoint; batches are a function of
+(seed, step), so the resumed run sees the batches the killed one would have.
+"""
+
+import dataclasses
+import json
+import pathlib
+import platform
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from usss_tf import centroids as centroid_stage
+from usss_tf import config as config_lib
+from usss_tf import metrics as metrics_lib
+from usss_tf.callbacks import TrainingLogger
+from usss_tf.data import pipeline, sources
+from usss_tf.errors import ConfigError
+from usss_tf.model.segmenter import UniversalSegmenter
+
+STAGES = ("pretrain", "centroids", "universal")
+# Keys that may change when a run is resumed: they do not change the result.
+_RESUMABLE_KEYS = {"train.verbose", "train.log_every", "train.checkpoint_every", "train.eval_every"}
+
+
+def _write_json(path, payload):
+    tmp = pathlib.Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False))
+    tmp.replace(path)
+
+
+def _flatten(mapping, prefix=""):
+    flat = {}
+    for key, value in mapping.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, path + "."))
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            for i, item in enumerate(value):
+                flat.update(_flatten(item, f"{path}.{i}."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def make_strategy(devices=None):
+    """``MirroredStrategy`` over ``devices`` (names or a count), default all GPUs or the CPU."""
+    if isinstance(devices, int):
+        available = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        if devices > len(available):
+            raise ConfigError(
+                f"--devices {devices}: only {len(available)} device(s) visible: "
+                f"{', '.join(d.name for d in available)}"
+            )
+        devices = [d.name for d in available[:devices]]
+    elif devices:
+        known = {d.name for d in tf.config.list_logical_devices()}
+        for name in devices:
+            full = name if name.startswith("/") else f"/device:{name.upper()}"
+            if full not in known and name not in known:
+                raise ConfigError(f"--devices: unknown device {name!r}; visible: {', '.join(sorted(known))}")
+    else:
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in gpus] or ["/cpu:0"]
+    return tf.distribute.MirroredStrategy(devices)
+
+
+def _stage_loss_weights(config, stage):
+    if stage == "pretrain" or config.method == "univ_basic":
+        return {"supervised": config.loss.supervised}
+    return dataclasses.asdict(config.loss)
+
+
+def _make_optimizer(train_config, steps):
+    schedule = keras.optimizers.schedules.PolynomialDecay(
+        train_config.learning_rate, decay_steps=max(steps, 1),
+        end_learning_rate=train_config.learning_rate * 1e-2, power=train_config.poly_power,
+    )
+    if train_config.optimizer == "sgd":
+        return keras.optimizers.SGD(schedule, momentum=train_config.momentum)
+    return keras.optimizers.AdamW(schedule, weight_decay=train_config.weight_decay)
+
+
+class Experiment:
+    """One run of a config in a run directory; ``run()`` does all stages."""
+
+    def __init__(self, config, run_dir, devices=None, echo=print):
+        self.config = config
+        self.run_dir = pathlib.Path(run_dir)
+        self.devices = devices
+        self.echo = echo
+        self.strategy = None
+        self.model = None
+        self.inputs = None
+
+    # -- run directory --------------------------------------------------------------
+
+    def _prepare_run_dir(self):
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        saved = self.run_dir / "config.yaml"
+        if saved.exists():
+            previous = config_lib.load_config(saved)
+            before, after = _flatten(previous.to_dict()), _flatten(self.config.to_dict())
+            changed = sorted(
+                k for k in set(before) | set(after)
+                if before.get(k) != after.get(k) and k not in _RESUMABLE_KEYS
+            )
+            if changed:
+                raise ConfigError(
+                    f"{saved}: this run directory was started with a different config "
+                    f"(changed: {', '.join(changed)}); use a new --run-dir"
+                )
+        tmp = self.run_dir / "config.yaml.tmp"
+        config_lib.save_config(self.config, tmp)
+        tmp.replace(saved)
+
+    def _stages_done(self):
+        path = self.run_dir / "stages.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def _mark_done(self, stage, **info):
+        done = self._stages_done()
+        done[stage] = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
+        _write_json(self.run_dir / "stages.json", done)
+
+    def _checkpoint_dir(self, stage):
+        return self.run_dir / "checkpoints" / stage
+
+    # -- setup ----------------------------------------------------------------------
+
+    def setup(self):
+        cfg = self.config
+        self._prepare_run_dir()
+        keras.utils.set_random_seed(cfg.seed)
+        self.inputs = sources.prepare_domains(cfg)
+        pipeline.write_manifest(
+            self.run_dir / "manifest.json", {i.domain.name: i.manifest_entry() for i in self.inputs}
+        )
+        self.strategy = make_strategy(self.devices)
+        with self.strategy.scope():
+            self.model = UniversalSegmenter.from_experiment(cfg)
+            self.model.build()
+        _write_json(self.run_dir / "run.json", {
+            "seed": cfg.seed,
+            "method": cfg.method,
+            "devices": list(self.strategy.extended.worker_devices),
+            "replicas": self.strategy.num_replicas_in_sync,
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "python": platform.python_version(),
+            "parameters": int(self.model.count_params()),
+        })
+        self.train_writer = tf.summary.create_file_writer(str(self.run_dir / "tensorboard" / "train"))
+        self.val_writer = tf.summary.create_file_writer(str(self.run_dir / "tensorboard" / "validation"))
+
+    # -- stages ---------------------------------------------------------------------
+
+    def run(self):
+        """Runs (or resumes) every stage; returns the final figures per domain."""
+        if self.model is None:
+            self.setup()
+        cfg = self.config
+        done = self._stages_done()
+        self.echo(
+            f"run {self.run_dir}: method {cfg.method}, domains "
+            f"{', '.join(f'{i.domain.name} ({len(i.labeled)} labelled, {len(i.unlabeled)} unlabelled)' for i in self.inputs)}, "
+            f"{self.strategy.num_replicas_in_sync} replica(s), {self.model.count_params():,} parameters"
+        )
+        previous = None
+        previous = self._train_stage("pretrain", cfg.train.pretrain_steps, 0, previous, done)
+        if cfg.method == "univ_full":
+            previous = self._centroid_stage(previous, done)
+        previous = self._train_stage("universal", cfg.train.steps, cfg.train.pretrain_steps, previous, done)
+        self._restore_model(previous)
+        results = self.evaluate()
+        self._log_validation(results, cfg.train.pretrain_steps + cfg.train.steps)
+        _write_json(self.run_dir / "metrics.json", results)
+        return results
+
+    def _restore_model(self, checkpoint_path):
+        if checkpoint_path:
+            tf.train.Checkpoint(model=self.model).restore(checkpoint_path).expect_partial()
+
+    def _train_stage(self, stage, steps, offset, previous, done):
+        """Trains ``stage`` for ``steps`` steps, resuming from its own checkpoints."""
+        directory = self._checkpoint_dir(stage)
+        if stage in done:
+            self.echo(f"[{stage}] already finished, skipping")
+            return tf.train.latest_checkpoint(str(directory)) or previous
+        if steps == 0:
+            self._mark_done(stage, steps=0)
+            return previous
+        cfg = self.config
+        # Restore before compiling: the model tracks its optimizer, and the
+        # previous stage's optimizer state must not leak into this one.
+        self._restore_model(previous)
+        with self.strategy.scope():
+            optimizer = _make_optimizer(cfg.train, steps)
+            self.model.compile(optimizer=optimizer, loss_weights=_stage_loss_weights(cfg, stage))
+            optimizer.build(self.model.trainable_variables)
+        checkpoint = tf.train.Checkpoint(model=self.model, optimizer=optimizer)
+        manager = tf.train.CheckpointManager(checkpoint, str(directory), max_to_keep=2)
+        if manager.latest_checkpoint:
+            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+            self.echo(f"[{stage}] resuming from step {int(optimizer.iterations.numpy())}")
+        step = int(optimizer.iterations.numpy())
+
+        with_unlabeled = self.model.loss_weights_["within_entropy"] > 0 or \
+            self.model.loss_weights_["cross_entropy"] > 0
+        images_per_step = sum(
+            cfg.data.batch_size + (cfg.data.unlabeled_batch_size if with_unlabeled else 0)
+            for _ in self.inputs
+        )
+        logger = TrainingLogger(
+            self.train_writer, stage, offset, cfg.train.log_every, images_per_step, steps,
+            verbose=cfg.train.verbose,
+        )
+        logger.progbar and logger.progbar.update(step)
+        if step < steps:
+            dataset = pipeline.train_dataset(
+                self.inputs, cfg.data, cfg.seed, step, steps - step, with_unlabeled=with_unlabeled
+            )
+            boundaries = _StageBoundaries(self, stage, steps, offset, manager)
+            self._fit(dataset, steps - step, [logger, boundaries])
+        self._mark_done(stage, steps=steps, loss=logger.last_logs.get("loss"))
+        return manager.latest_checkpoint
+
+    def _on_boundary(self, stage, step, steps, offset, manager):
+        """Checkpoint, centroid refresh and validation at step ``step`` of ``stage``."""
+        cfg = self.config
+        if step % cfg.train.checkpoint_every == 0 or step == steps:
+            manager.save(checkpoint_number=step)
+        refresh = cfg.centroids.refresh_every
+        if stage == "universal" and cfg.method == "univ_full" and refresh and \
+                step % refresh == 0 and step < steps:
+            self._fit_centroids(refit_projection=False)
+            manager.save(checkpoint_number=step)
+        every = cfg.train.eval_every or cfg.train.checkpoint_every
+        if step % every == 0 or step == steps:
+            results = self.evaluate()
+            self._log_validation(results, offset + step)
+            if cfg.train.verbose:
+                print()
+            self.echo(f"[{stage}] step {step}/{steps}: " + ", ".join(
+                f"mIoU {d} {r['miou']:.3f}" for d, r in results.items()
+            ))
+
+    def _fit(self, dataset, num_steps, callbacks):
+        try:
+            self.model.fit(
+                dataset, steps_per_epoch=num_steps, epochs=1, verbose=0, callbacks=callbacks,
+                shuffle=False,
+            )
+        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.DataLossError) as error:
+            diagnosis = sources.diagnose_unreadable(self.inputs)
+            if diagnosis is not None:
+                raise diagnosis from error
+            raise
+
+    def _centroid_datasets(self):
+        return {
+            i.domain.name: pipeline.eval_dataset(
+                i.domain, i.labeled, i.scale, self.config.data.eval_batch_size
+            )
+            for i in self.inputs
+        }
+
+    def _fit_centroids(self, refit_projection=True):
+        cfg = self.config
+        report = centroid_stage.initialize_entropy_module(
+            self.model, self._centroid_datasets(), cfg.centroids.pixels_per_class, cfg.seed,
+            fit_projection_too=refit_projection,
+        )
+        for domain, info in report.items():
+            if info["missing"]:
+                names = [self._domain(domain).class_names[c] for c in info["missing"]]
+                self.echo(f"[centroids] {domain}: no labelled pixel of {', '.join(names)}; "
+                          "those classes keep random centroids")
+        return report
+
+    def _centroid_stage(self, previous, done):
+        directory = self._checkpoint_dir("centroids")
+        if "centroids" in done:
+            self.echo("[centroids] already finished, skipping")
+            return tf.train.latest_checkpoint(str(directory))
+        self._restore_model(previous)
+        started = time.perf_counter()
+        report = self._fit_centroids(refit_projection=True)
+        _write_json(self.run_dir / "centroids.json", report)
+        manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=self.model), str(directory), 1)
+        path = manager.save(checkpoint_number=0)
+        self._mark_done("centroids", seconds=round(time.perf_counter() - started, 2))
+        self.echo(f"[centroids] fitted {self.model.centroids_per_class} centroids per class "
+                  f"in {time.perf_counter() - started:.1f}s")
+        return path
+
+    # -- evaluation -----------------------------------------------------------------
+
+    def _domain(self, name):
+        return next(i.domain for i in self.inputs if i.domain.name == name)
+
+    def evaluate(self):
+        """Validation figures per domain: mIoU, per-class IoU, pixel accuracy."""
+        if self.model.compiled is False or getattr(self.model, "optimizer", None) is None:
+            with self.strategy.scope():
+                self.model.compile(optimizer=_make_optimizer(self.config.train, 1))
+        results = {}
+        for inputs in self.inputs:
+            name = inputs.domain.name
+            dataset = pipeline.eval_dataset(
+                inputs.domain, inputs.val, inputs.scale, self.config.data.eval_batch_size
+            )
+            self.model.evaluate(dataset, verbose=0)
+            confusion = np.asarray(self.model.confusion(name).matrix).astype(np.int64)
+            summary = metrics_lib.summarize(confusion, list(inputs.domain.class_names))
+            summary["num_images"] = len(inputs.val)
+            results[name] = summary
+        return results
+
+    def _log_validation(self, results, global_step):
+        with self.val_writer.as_default(step=global_step):
+            for domain, r in results.items():
+                tf.summary.scalar(f"miou/{domain}", r["miou"])
+                tf.summary.scalar(f"pixel_accuracy/{domain}", r["pixel_accuracy"])
+                for name, iou in r["per_class_iou"].items():
+                    if iou is not None:
+                        tf.summary.scalar(f"iou/{domain}/{name}", iou)
+        self.val_writer.flush()
+
+
+class _StageBoundaries(keras.callbacks.Callback):
+    """Calls back into the experiment after every step that ends an interval."""
+
+    def __init__(self, experiment, stage, steps, offset, manager):
+        super().__init__()
+        self.args = (experiment, stage, steps, offset, manager)
+
+    def on_train_batch_end(self, batch, logs=None):
+        experiment, stage, steps, offset, manager = self.args
+        step = int(self.model.optimizer.iterations.numpy())
+        experiment._on_boundary(stage, step, steps, offset, manager)
+
+
+def run_experiment(config, run_dir, devices=None, echo=print):
+    """Library entry point: runs ``config`` in ``run_dir``; returns figures per domain."""
+    return Experiment(config, run_dir, devices=devices, echo=echo).run()
+
+
+def format_results(results):
+    lines = [f"{'domain':<16} {'mIoU':>6} {'pixel acc':>9}  images"]
+    for domain, r in results.items():
+        lines.append(f"{domain:<16} {r['miou']:>6.3f} {r['pixel_accuracy']:>9.3f}  {r['num_images']}")
+    return "\n".join(lines)
