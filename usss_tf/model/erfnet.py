@@ -43,6 +43,9 @@ def _non_bottleneck_1d(x, dilation, dropout, sync, name):
 def build_erfnet(width=1.0, dropout=0.0, sync_batchnorm=False, name="erfnet"):
     """Returns a functional ``keras.Model``: float image [B, H, W, 3] -> features at stride 8."""
     c16, c64, c128 = (make_divisible(c, width) for c in (16, 64, 128))
+    # A downsampler concatenates conv and pooled channels: each stage must grow.
+    c64 = max(c64, 2 * c16)
+    c128 = max(c128, 2 * c64)
     inputs = keras.Input((None, None, 3), name="images")
     x = _downsampler(inputs, c16, sync_batchnorm, "down1")
     x = _downsampler(x, c64, sync_batchnorm, "down2")

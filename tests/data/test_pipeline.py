@@ -1,0 +1,109 @@
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from usss_tf import config as config_lib
+from usss_tf.data import pipeline, sources
+from usss_tf.errors import ConfigError, DatasetError
+
+
+def _config(root, labeled=3, **data):
+    mapping = {
+        "domains": [
+            {"name": "synth_camvid", "root": str(root), "labeled": labeled},
+            {"name": "camvid", "root": str(root), "labeled": labeled},
+        ],
+        "data": {"crop": [24, 40], "batch_size": 2, "unlabeled_batch_size": 3, **data},
+    }
+    return config_lib.config_from_dict(mapping)
+
+
+def _take(ds, n):
+    return [tf.nest.map_structure(lambda t: t.numpy(), b) for b in ds.take(n)]
+
+
+def test_labeled_split_is_seeded_sorted_and_disjoint(camvid_tree):
+    inputs = sources.prepare_domains(_config(camvid_tree))
+    again = sources.prepare_domains(_config(camvid_tree))
+    for a, b in zip(inputs, again):
+        assert [e.key for e in a.labeled] == [e.key for e in b.labeled]
+        assert len(a.labeled) == 3 and len(a.unlabeled) == 5
+        assert not {e.key for e in a.labeled} & {e.key for e in a.unlabeled}
+    # Different domains draw different subsets from the same files.
+    assert [e.key for e in inputs[0].labeled] != [e.key for e in inputs[1].labeled]
+
+
+def test_too_many_labeled_images_is_an_error(camvid_tree):
+    with pytest.raises(ConfigError, match="asked for 50 labelled images"):
+        sources.prepare_domains(_config(camvid_tree, labeled=50))
+
+
+def test_manifest_written_once_and_checked(camvid_tree, tmp_path):
+    inputs = sources.prepare_domains(_config(camvid_tree))
+    entries = {i.domain.name: i.manifest_entry() for i in inputs}
+    path = tmp_path / "manifest.json"
+    pipeline.write_manifest(path, entries)
+    saved = json.loads(path.read_text())
+    assert len(saved["camvid"]["labeled"]) == 3
+    pipeline.write_manifest(path, entries)  # same content: fine
+    entries["camvid"]["labeled"] = entries["camvid"]["labeled"][:2]
+    with pytest.raises(DatasetError, match="camvid"):
+        pipeline.write_manifest(path, entries)
+
+
+def test_same_seed_same_batches_and_resume_matches(camvid_tree):
+    cfg = _config(camvid_tree)
+    inputs = sources.prepare_domains(cfg)
+    first = _take(pipeline.train_dataset(inputs, cfg.data, 0, 0, 4), 4)
+    second = _take(pipeline.train_dataset(inputs, cfg.data, 0, 0, 4), 4)
+    resumed = _take(pipeline.train_dataset(inputs, cfg.data, 0, 2, 2), 2)
+    other_seed = _take(pipeline.train_dataset(inputs, cfg.data, 1, 0, 4), 4)
+    for a, b in zip(first, second):
+        tf.nest.map_structure(np.testing.assert_array_equal, a, b)
+    for a, b in zip(first[2:], resumed):
+        tf.nest.map_structure(np.testing.assert_array_equal, a, b)
+    assert not np.array_equal(first[0]["camvid"]["images"], other_seed[0]["camvid"]["images"])
+
+
+def test_batch_structure_shapes_and_label_values(camvid_tree):
+    cfg = _config(camvid_tree)
+    inputs = sources.prepare_domains(cfg)
+    (batch,) = _take(pipeline.train_dataset(inputs, cfg.data, 0, 0, 1), 1)
+    assert set(batch) == {"synth_camvid", "camvid"}
+    b = batch["synth_camvid"]
+    assert b["images"].shape == (2, 24, 40, 3) and b["images"].dtype == np.float32
+    assert b["labels"].shape == (2, 24, 40) and b["unlabeled"].shape == (3, 24, 40, 3)
+    assert 0 <= b["images"].min() and b["images"].max() <= 255
+    # synth_camvid has 7 classes; anything else must be ignore.
+    assert set(np.unique(b["labels"])) <= set(range(7)) | {255}
+
+
+def test_labels_go_through_the_domain_table(tmp_path):
+    from conftest import write_camvid_tree
+
+    root = write_camvid_tree(tmp_path / "c", num_classes=12)  # 11 = CamVid void
+    cfg = _config(root, augment={"min_scale": 1.0, "max_scale": 1.0, "photometric": False})
+    inputs = sources.prepare_domains(cfg)
+    ds = pipeline.eval_dataset(inputs[1].domain, inputs[1].val, 1.0, 2)
+    labels = np.concatenate([b["camvid"]["labels"].numpy().ravel() for b in ds])
+    assert 255 in labels and 11 not in labels
+
+
+def test_one_pass_covers_every_labelled_image_once(camvid_tree):
+    cfg = _config(camvid_tree, augment={"min_scale": 1.0, "max_scale": 1.0, "flip": False,
+                                        "photometric": False}, crop=[32, 64], batch_size=3)
+    inputs = sources.prepare_domains(cfg)
+    (batch,) = _take(pipeline.train_dataset(inputs, cfg.data, 0, 0, 1, with_unlabeled=False), 1)
+    ds = pipeline.eval_dataset(inputs[0].domain, inputs[0].labeled, 1.0, 3)
+    expected = next(iter(ds))["synth_camvid"]["images"].numpy()
+    got = batch["synth_camvid"]["images"]
+    # Same three images, in a seeded order.
+    assert sorted(map(float, got.sum((1, 2, 3)))) == pytest.approx(sorted(map(float, expected.sum((1, 2, 3)))))
+
+
+def test_missing_root_names_the_key_and_folder(tmp_path):
+    cfg = _config(tmp_path / "nowhere")
+    with pytest.raises(DatasetError, match=r"domains.0.root.*nowhere"):
+        sources.prepare_domains(cfg)

@@ -1,0 +1,116 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from usss_tf.model.backbones import build_backbone
+from usss_tf.model.segmenter import UniversalSegmenter
+
+DOMAINS = {"a": 3, "b": 5}
+
+
+def _model(**kwargs):
+    kwargs.setdefault("width", 0.25)
+    kwargs.setdefault("embedding_dim", 8)
+    kwargs.setdefault("centroids_per_class", 2)
+    model = UniversalSegmenter(DOMAINS, **kwargs)
+    model.build()
+    return model
+
+
+@pytest.mark.parametrize("backbone", ["erfnet", "drn_d_22", "drn_d_38"])
+def test_backbones_have_output_stride_8(backbone):
+    encoder = build_backbone(backbone, width=0.125)
+    features = encoder(tf.zeros([1, 64, 96, 3]))
+    assert features.shape[1:3] == (8, 12)
+
+
+def test_drn_d_22_has_the_papers_channels_at_full_width():
+    encoder = build_backbone("drn_d_22")
+    assert encoder.output.shape[-1] == 512
+    assert 15e6 < encoder.count_params() < 17e6  # DRN-D-22 without its classifier: ~15.9M.
+
+
+def test_call_returns_logits_per_domain_at_input_size():
+    model = _model()
+    outputs = model(tf.zeros([2, 40, 72, 3]))
+    assert set(outputs) == {"a", "b"}
+    assert outputs["a"].shape == (2, 40, 72, 3)
+    assert outputs["b"].shape == (2, 40, 72, 5)
+
+
+def test_centroids_are_non_trainable_weights_and_embeddings_unit_norm():
+    model = _model()
+    names = [w.path for w in model.non_trainable_weights]
+    assert any("centroids_a" in n for n in names) and any("centroids_b" in n for n in names)
+    assert not any("centroids" in w.path for w in model.trainable_weights)
+    embeddings = model.embed(model.encode(tf.random.uniform([1, 32, 32, 3], 0, 255)))
+    np.testing.assert_allclose(tf.norm(embeddings, axis=-1).numpy(), 1.0, rtol=1e-5)
+
+
+def test_config_round_trip_rebuilds_the_same_architecture():
+    model = _model(backbone="erfnet")
+    clone = UniversalSegmenter.from_config(model.get_config())
+    clone.build()
+    assert clone.domains == model.domains
+    assert clone.count_params() == model.count_params()
+    clone.set_weights(model.get_weights())
+    x = tf.random.uniform([1, 32, 48, 3], 0, 255)
+    np.testing.assert_allclose(model(x)["b"].numpy(), clone(x)["b"].numpy(), atol=1e-5)
+
+
+def _batch(rng, domains, size=(32, 64), n=2):
+    batch = {}
+    for name, classes in domains.items():
+        labels = rng.integers(0, classes, (n, *size)).astype(np.int32)
+        labels[:, :4] = 255
+        batch[name] = {
+            "images": tf.constant(rng.uniform(0, 255, (n, *size, 3)), tf.float32),
+            "labels": tf.constant(labels),
+            "unlabeled": tf.constant(rng.uniform(0, 255, (n, *size, 3)), tf.float32),
+        }
+    return batch
+
+
+def test_full_train_step_reports_every_term_and_lowers_the_loss():
+    keras.utils.set_random_seed(0)
+    model = _model()
+    weights = {"supervised": 1, "within_entropy": 0.1, "cross_entropy": 0.1, "embedding_supervision": 1}
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss_weights=weights)
+    batch = _batch(np.random.default_rng(0), DOMAINS)
+    step = tf.function(model.train_step)
+    first = step(batch)
+    for term in weights:
+        for domain in DOMAINS:
+            assert f"{term}/{domain}" in first
+    for _ in range(15):
+        last = step(batch)
+    assert float(last["loss"]) < float(first["loss"])
+    centroids_before = model.label_centroids("a").centroids.numpy().copy()
+    step(batch)
+    np.testing.assert_array_equal(model.label_centroids("a").centroids.numpy(), centroids_before)
+
+
+def test_supervised_only_step_skips_the_embedding_branch():
+    model = _model()
+    model.compile(optimizer="sgd", loss_weights={"supervised": 1})
+    logs = model.train_step(_batch(np.random.default_rng(1), DOMAINS))
+    assert sorted(logs) == ["learning_rate", "loss", "supervised/a", "supervised/b"]
+
+
+def test_single_domain_model_has_no_cross_domain_term():
+    model = UniversalSegmenter({"only": 4}, width=0.25, embedding_dim=8)
+    model.build()
+    model.compile(optimizer="sgd", loss_weights={"cross_entropy": 1, "within_entropy": 1})
+    logs = model.train_step(_batch(np.random.default_rng(2), {"only": 4}))
+    assert "within_entropy/only" in logs and "cross_entropy/only" not in logs
+
+
+def test_test_step_accumulates_the_confusion_matrix():
+    model = _model()
+    model.compile(optimizer="sgd")
+    labels = np.zeros((1, 16, 16), np.int32)
+    labels[0, :, :8] = 255
+    model.test_step({"a": {"images": tf.zeros([1, 16, 16, 3]), "labels": tf.constant(labels)}})
+    assert float(tf.reduce_sum(model.confusion("a").matrix)) == 16 * 8
+    assert float(tf.reduce_sum(model.confusion("b").matrix)) == 0

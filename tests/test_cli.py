@@ -1,0 +1,157 @@
+"""The ``usss-tf`` command line, end to end on tiny generated data."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from conftest import write_camvid_tree
+from usss_tf.cli import main
+
+TINY = {
+    "name": "tiny",
+    "method": "univ_full",
+    "seed": 0,
+    "model": {"width": 0.125, "embedding_dim": 8, "centroids_per_class": 2},
+    "data": {"crop": [32, 64], "batch_size": 2, "unlabeled_batch_size": 2, "eval_batch_size": 4},
+    "train": {"pretrain_steps": 4, "steps": 6, "checkpoint_every": 2, "log_every": 1, "verbose": 0},
+}
+
+
+def _config(tmp_path, root, labeled=3, **changes):
+    mapping = json.loads(json.dumps(TINY))
+    mapping["domains"] = [
+        {"name": "synth_camvid", "root": str(root), "labeled": labeled},
+        {"name": "camvid", "root": str(root), "labeled": labeled},
+    ]
+    mapping.update(changes)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(mapping))
+    return path
+
+
+def _invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _one_line_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    message = result.stderr.strip()
+    assert message.startswith("error: ") and "\n" not in message, message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_unknown_domain(tmp_path, camvid_tree):
+    config = _config(tmp_path, camvid_tree)
+    result = _invoke("train", config, "--set", "domains.1.name=atlantis", "--run-dir", tmp_path / "r")
+    _one_line_error(result, "domains.1.name", "atlantis", "synth_camvid")
+
+
+def test_missing_root_folder(tmp_path):
+    config = _config(tmp_path, tmp_path / "no_such_folder")
+    result = _invoke("train", config, "--run-dir", tmp_path / "r")
+    _one_line_error(result, "domains.0.root", "no_such_folder")
+
+
+def test_yaml_key_of_the_wrong_type(tmp_path, camvid_tree):
+    config = _config(tmp_path, camvid_tree)
+    data = yaml.safe_load(config.read_text())
+    data["train"]["steps"] = "lots"
+    config.write_text(yaml.safe_dump(data))
+    _one_line_error(_invoke("train", config), "tiny.yaml", "train.steps", "integer")
+
+
+def test_set_on_a_key_that_does_not_exist(tmp_path, camvid_tree):
+    config = _config(tmp_path, camvid_tree)
+    _one_line_error(_invoke("train", config, "--set", "train.warmup=3"), "train.warmup")
+
+
+def test_corrupt_labelled_png_is_named_and_nothing_is_marked_done(tmp_path):
+    root = write_camvid_tree(tmp_path / "data")
+    broken = root / "train" / "frame004.png"
+    broken.write_bytes(broken.read_bytes()[:60])
+    config = _config(tmp_path, root, labeled=8)  # every training image is labelled
+    run_dir = tmp_path / "run"
+    result = _invoke("train", config, "--run-dir", run_dir)
+    _one_line_error(result, str(broken))
+    assert not (run_dir / "stages.json").exists()
+    assert not (run_dir / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_corrupt_unlabelled_png_is_named_after_the_decode_failure(tmp_path):
+    from usss_tf import config as config_lib
+    from usss_tf.data import sources
+
+    root = write_camvid_tree(tmp_path / "data", num_train=5)
+    config = _config(tmp_path, root, labeled=1)
+    # Unlabelled images are only decoded inside tf.data; break one of them.
+    inputs = sources.prepare_domains(config_lib.load_config(config))
+    labelled = {e.image for i in inputs for e in i.labeled}
+    broken = next(e.image for e in inputs[0].unlabeled if e.image not in labelled)
+    pathlib.Path(broken).write_bytes(b"not a png at all")
+    result = _invoke("train", config, "--run-dir", tmp_path / "run", "--set", "train.pretrain_steps=0")
+    _one_line_error(result, broken)
+
+
+def _wait_for(predicate, timeout, process):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        if process.poll() is not None:
+            return False
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.slow
+def test_train_end_to_end_killed_and_resumed(tmp_path):
+    root = write_camvid_tree(tmp_path / "data")
+    config = _config(tmp_path, root)
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "usss_tf.cli", "train", str(config), "--run-dir", str(run_dir)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    universal = run_dir / "checkpoints" / "universal"
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    killed = _wait_for(lambda: list(universal.glob("ckpt-2.index")), 600, process)
+    assert killed, process.stdout.read().decode()[-3000:]
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    stages = json.loads((run_dir / "stages.json").read_text())
+    assert set(stages) == {"pretrain", "centroids"}
+    assert not (run_dir / "metrics.json").exists()
+
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert "[pretrain] already finished" in out and "[centroids] already finished" in out
+    resumed_from = int(out.split("[universal] resuming from step ")[1].split()[0])
+    assert 2 <= resumed_from < 6
+    assert "[universal] step 6/6" in out
+    for domain in ("synth_camvid", "camvid"):
+        assert domain in out.split("domain")[-1]
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics) == {"synth_camvid", "camvid"}
+    assert 0.0 <= metrics["camvid"]["miou"] <= 1.0
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert len(manifest["camvid"]["labeled"]) == 3
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["seed"] == 0
+    assert json.loads((run_dir / "run.json").read_text())["seed"] == 0
+    assert set(json.loads((run_dir / "stages.json").read_text())) == {"pretrain", "centroids", "universal"}
+    assert list((run_dir / "tensorboard" / "train").glob("events.out.tfevents.*"))
+    assert list((run_dir / "tensorboard" / "validation").glob("events.out.tfevents.*"))
+    assert list(universal.glob("ckpt-6.index"))
+
+    # Same run directory with a different experiment is refused, not mixed in.
+    changed = _invoke("train", config, "--run-dir", run_dir, "--set", "seed=3")
+    _one_line_error(changed, "seed")

@@ -1,0 +1,71 @@
+"""MirroredStrategy over two logical CPU devices equals one device on the same global batch.
+
+Logical devices must be configured before TensorFlow initialises, so the
+comparison runs in a fresh interpreter.
+"""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, os
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    from usss_tf.model.segmenter import UniversalSegmenter
+
+    domains = {"a": 3, "b": 4}
+    rng = np.random.default_rng(0)
+    batch = {}
+    for name, classes in domains.items():
+        batch[name] = {
+            "images": rng.uniform(0, 255, (4, 32, 48, 3)).astype("float32"),
+            "labels": rng.integers(0, classes, (4, 32, 48)).astype("int32"),
+            "unlabeled": rng.uniform(0, 255, (4, 32, 48, 3)).astype("float32"),
+        }
+    weights = {"supervised": 1, "within_entropy": 0.5, "cross_entropy": 0.5,
+               "embedding_supervision": 1}
+
+    def one_step(strategy):
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            model = UniversalSegmenter(domains, width=0.25, embedding_dim=8,
+                                       centroids_per_class=2, sync_batchnorm=True)
+            model.build()
+            model.compile(optimizer=keras.optimizers.SGD(0.1), loss_weights=weights)
+        before = [w.numpy().copy() for w in model.trainable_weights]
+        model.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0, shuffle=False)
+        after = [w.numpy() for w in model.trainable_weights]
+        return before, after, strategy.num_replicas_in_sync
+
+    b1, a1, r1 = one_step(tf.distribute.get_strategy())
+    b2, a2, r2 = one_step(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    print(json.dumps({
+        "replicas": [r1, r2],
+        "same_start": max(float(np.abs(x - y).max()) for x, y in zip(b1, b2)),
+        "change": float(sum(np.abs(x - y).sum() for x, y in zip(a1, b1))),
+        "max_diff": max(float(np.abs(x - y).max()) for x, y in zip(a1, a2)),
+        "max_update": max(float(np.abs(x - y).max()) for x, y in zip(a1, b1)),
+    }))
+    """
+)
+
+
+def test_two_replica_step_equals_single_device_step():
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["replicas"] == [1, 2]
+    assert figures["same_start"] == 0.0
+    assert figures["change"] > 0.0
+    # Same update up to float reduction order, far below the update itself.
+    assert figures["max_diff"] < 1e-3 * figures["max_update"] + 1e-6, figures
