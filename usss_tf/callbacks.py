@@ -36,29 +36,29 @@ class TrainingLogger(keras.callbacks.Callback):
         self._last_step = None
         self.last_logs = {}
 
-    def on_train_batch_begin(self, batch, logs=None):
-        if self._last_time is None:
-            self._last_time = time.perf_counter()
-            self._last_step = int(self.model.optimizer.iterations.numpy())
+    def on_train_begin(self, logs=None):
+        self._last_time = time.perf_counter()
+        self._first_step = self._last_step = int(self.model.optimizer.iterations.numpy())
 
     def on_train_batch_end(self, batch, logs=None):
+        # Reading values back forces a host sync: only on logging steps.
+        step = self._first_step + batch + 1
+        if step % self.log_every != 0 and step != self.total_steps:
+            return
         logs = {k: float(v) for k, v in (logs or {}).items()}
         self.last_logs = logs
-        step = int(self.model.optimizer.iterations.numpy())
-        if step % self.log_every == 0 or step == self.total_steps:
-            now = time.perf_counter()
-            elapsed = now - self._last_time
-            steps = step - self._last_step
-            global_step = self.step_offset + step
-            with self.writer.as_default(step=global_step):
-                for key, value in logs.items():
-                    tf.summary.scalar(f"{self.stage}/{key}", value)
-                if steps > 0 and elapsed > 0:
-                    tf.summary.scalar(
-                        f"{self.stage}/images_per_second", steps * self.images_per_step / elapsed
-                    )
-            self.writer.flush()
-            self._last_time, self._last_step = now, step
+        now = time.perf_counter()
+        elapsed = now - self._last_time
+        steps = step - self._last_step
+        with self.writer.as_default(step=self.step_offset + step):
+            for key, value in logs.items():
+                tf.summary.scalar(f"{self.stage}/{key}", value)
+            if steps > 0 and elapsed > 0:
+                tf.summary.scalar(
+                    f"{self.stage}/images_per_second", steps * self.images_per_step / elapsed
+                )
+        self.writer.flush()
+        self._last_time, self._last_step = now, step
         if self.progbar is not None:
             shown = [(k, v) for k, v in logs.items() if "/" not in k and k != "learning_rate"]
             shown += [(k.split("/")[0], v) for k, v in logs.items() if "/" in k]

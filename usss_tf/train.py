@@ -351,10 +351,13 @@ class _StageBoundaries(keras.callbacks.Callback):
         super().__init__()
         self.args = (experiment, stage, steps, offset, manager)
 
+    def on_train_begin(self, logs=None):
+        self.first_step = int(self.model.optimizer.iterations.numpy())
+
     def on_train_batch_end(self, batch, logs=None):
+        # The step is derived, not read from the optimizer: no per-step host sync.
         experiment, stage, steps, offset, manager = self.args
-        step = int(self.model.optimizer.iterations.numpy())
-        experiment._on_boundary(stage, step, steps, offset, manager)
+        experiment._on_boundary(stage, self.first_step + batch + 1, steps, offset, manager)
 
 
 def run_experiment(config, run_dir, devices=None, echo=print):
