@@ -30,3 +30,39 @@ def write_camvid_tree(root, num_train=8, num_val=3, size=(32, 64), num_classes=7
 @pytest.fixture
 def camvid_tree(tmp_path):
     return write_camvid_tree(tmp_path / "camvid")
+
+
+TINY_RUN = {
+    "name": "tiny_run",
+    "method": "univ_full",
+    "seed": 0,
+    "model": {"width": 0.125, "embedding_dim": 8, "centroids_per_class": 2},
+    "data": {"crop": [32, 64], "batch_size": 2, "unlabeled_batch_size": 2, "eval_batch_size": 4},
+    "train": {"pretrain_steps": 3, "steps": 3, "checkpoint_every": 3, "log_every": 1, "verbose": 0},
+}
+
+
+def train_tiny_run(base, **changes):
+    """Trains a tiny univ_full run on two synthetic domains (32x64 images); returns its run dir."""
+    from usss_tf import config as config_lib
+    from usss_tf import train as train_lib
+    from usss_tf.data import synthetic
+
+    base = pathlib.Path(base)
+    roots = synthetic.write_synthetic_domains(
+        base / "data", ("synth_city", "synth_camvid"), num_train=8, num_val=3, size=(32, 64), seed=0
+    )
+    mapping = {**TINY_RUN, **changes}
+    mapping["domains"] = [
+        {"name": name, "root": str(root), "labeled": 4} for name, root in roots.items()
+    ]
+    config = config_lib.config_from_dict(mapping)
+    run_dir = base / "run"
+    train_lib.run_experiment(config, run_dir, echo=lambda *_: None)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A finished tiny run directory shared by the tests that need a trained model."""
+    return train_tiny_run(tmp_path_factory.mktemp("tiny_run"))
