@@ -31,11 +31,16 @@ def iou_per_class(confusion):
 
 
 def summarize(confusion, class_names=None):
-    """The figures a report needs, as plain Python values."""
+    """The figures a report needs, as plain Python values.
+
+    When ``class_names`` is shorter than the matrix, the remaining columns
+    count predictions outside the label space (e.g. a submitted prediction of
+    a void id): they are errors for the true class but have no IoU of their own.
+    """
     confusion = np.asarray(confusion)
-    ious = iou_per_class(confusion)
+    names = class_names or [str(i) for i in range(len(confusion))]
+    ious = iou_per_class(confusion)[: len(names)]
     total = confusion.sum()
-    names = class_names or [str(i) for i in range(len(ious))]
     return {
         "miou": float(np.nanmean(ious)) if np.any(~np.isnan(ious)) else 0.0,
         "per_class_iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, ious)},

@@ -1,0 +1,245 @@
+"""Evaluation of a trained run on every image of a split, at the labels' resolution.
+
+This is the figure a paper table reports: for each domain, the confusion
+matrix over all pixels of the split whose label is not ignored, and from it
+the per-class IoU, mIoU and pixel accuracy (the Cityscapes benchmark's
+definitions; on Cityscapes-layout data the figures equal those of
+``cityscapesscripts``' pixel-level evaluation of the same predictions).
+
+Unlike the validation pass during training (padded batches, ``max_val_images``),
+images are never padded: consecutive images of the same size share a batch,
+and each image is predicted at the domain's ``scale`` and upsampled to its
+label's own size. Predictions can be written as PNGs in the dataset's raw ids
+(Cityscapes: labelIds, what its official scripts and server expect) and/or as
+colourised images.
+"""
+
+import json
+import pathlib
+import time
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from usss_tf import domains as domain_registry
+from usss_tf import metrics as metrics_lib
+from usss_tf import runs
+from usss_tf.data import pipeline, readers, sources
+from usss_tf.errors import ConfigError, UnknownDomainError
+
+
+def train_to_raw(domain):
+    """``uint8[256]``: train id -> the dataset's raw id (the smallest raw id that maps to it).
+
+    Train ids with no raw id (and the ignore value) map to ``IGNORE_LABEL``.
+    """
+    table = np.full(256, domain_registry.IGNORE_LABEL, np.uint8)
+    for raw, train in sorted(domain.raw_to_train, reverse=True):
+        if train != domain_registry.IGNORE_LABEL:
+            table[train] = raw
+    return table
+
+
+def _split_name(domain_config, split):
+    return {"val": domain_config.val_split, "train": domain_config.train_split}.get(split, split)
+
+
+def _select_domains(config, names):
+    available = [d.name for d in config.domains]
+    for name in names or ():
+        if name not in available:
+            raise UnknownDomainError(
+                f"--domain {name!r}: the run has no such domain; it has: {', '.join(available)}"
+            )
+    return [(i, d) for i, d in enumerate(config.domains) if not names or d.name in names]
+
+
+class Predictor:
+    """Class ids of one domain at a given output size, one traced function for all sizes."""
+
+    def __init__(self, model, domain_name, scale):
+        self.model = model
+        self.domain_name = domain_name
+        self.scale = float(scale)
+        self._predict = tf.function(
+            self._predict_batch,
+            input_signature=[
+                tf.TensorSpec([None, None, None, 3], tf.uint8),
+                tf.TensorSpec([2], tf.int32),
+            ],
+        )
+
+    def _predict_batch(self, images, label_size):
+        images = tf.cast(images, tf.float32)
+        if self.scale != 1.0:
+            size = tf.cast(tf.round(tf.cast(tf.shape(images)[1:3], tf.float32) * self.scale), tf.int32)
+            images = tf.image.resize(images, tf.maximum(size, 1), method="bilinear")
+        features = self.model.encode(images, training=False)
+        logits = self.model.decode(features, self.domain_name, label_size)
+        return tf.cast(tf.argmax(logits, axis=-1), tf.uint8)
+
+    def __call__(self, images, label_size):
+        return self._predict(tf.convert_to_tensor(images, tf.uint8),
+                             tf.constant(label_size, tf.int32)).numpy()
+
+
+def _load_pairs(examples, table):
+    """Yields (example, image uint8 [H,W,3], train-id label uint8 [h,w]), decoded in parallel."""
+    paths = tf.data.Dataset.from_tensor_slices(
+        (tf.constant([e.image for e in examples]), tf.constant([e.label for e in examples]))
+    )
+    decoded = paths.map(
+        lambda image, label: (pipeline.decode_image(image), pipeline.decode_label(label, table)),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
+    ).prefetch(tf.data.AUTOTUNE)
+    for example, (image, label) in zip(examples, decoded.as_numpy_iterator()):
+        yield example, image, label
+
+
+def _same_size_batches(pairs, batch_size):
+    batch = []
+    for item in pairs:
+        if batch and (item[1].shape != batch[0][1].shape or item[2].shape != batch[0][2].shape
+                      or len(batch) == batch_size):
+            yield batch
+            batch = []
+        batch.append(item)
+    if batch:
+        yield batch
+
+
+def _prediction_name(example):
+    stem = pathlib.PurePosixPath(example.key).name
+    for suffix in ("_leftImg8bit",):
+        stem = stem.removesuffix(suffix)
+    return pathlib.PurePosixPath(example.key).parent / stem
+
+
+def evaluate_domain(model, domain, examples, scale=1.0, batch_size=4, predictions_dir=None,
+                    colorized_dir=None):
+    """Figures of ``model`` on ``examples`` of ``domain`` (every image, no padding).
+
+    Returns a dict with ``miou``, ``per_class_iou`` (class name -> IoU or None),
+    ``pixel_accuracy``, ``num_images``, ``num_pixels``, ``class_names`` and
+    ``confusion_matrix`` (rows = truth, columns = prediction).
+    """
+    if not examples:
+        raise ConfigError(f"domain {domain.name!r}: nothing to evaluate (the split is empty)")
+    missing = [e.image for e in examples if not e.label]
+    if missing:
+        raise ConfigError(f"domain {domain.name!r}: no label for {missing[0]}")
+    predictor = Predictor(model, domain.name, scale)
+    table = domain.lookup_table()
+    to_raw = train_to_raw(domain)
+    confusion = np.zeros((domain.num_classes, domain.num_classes), np.int64)
+    for batch in _same_size_batches(_load_pairs(examples, table), batch_size):
+        images = np.stack([image for _, image, _ in batch])
+        labels = np.stack([label for _, _, label in batch])
+        predicted = predictor(images, labels.shape[1:3])
+        confusion += metrics_lib.confusion_matrix(labels, predicted, domain.num_classes)
+        for (example, image, _), ids in zip(batch, predicted):
+            name = _prediction_name(example)
+            if predictions_dir is not None:
+                path = pathlib.Path(predictions_dir) / f"{name}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(to_raw[ids]).save(path)
+            if colorized_dir is not None:
+                path = pathlib.Path(colorized_dir) / f"{name}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(domain.colorize(ids)).save(path)
+    return _summary(domain, confusion, len(examples))
+
+
+def score_predictions(domain, examples, prediction_paths):
+    """The same figures for prediction PNGs in raw label ids, one per example.
+
+    What the dataset's official scripts compute from submitted predictions;
+    the tests use it to check parity with ``cityscapesscripts``.
+    """
+    table = domain.lookup_table()
+    # A prediction of a raw id outside the label space (e.g. void) is an error
+    # for the true class: it is counted in an extra column.
+    outside = domain.num_classes
+    confusion = np.zeros((outside + 1, outside + 1), np.int64)
+    for example, path in zip(examples, prediction_paths, strict=True):
+        label = table[np.asarray(Image.open(example.label))]
+        predicted = table[np.asarray(Image.open(path))]
+        if predicted.shape != label.shape:
+            raise ConfigError(f"{path}: prediction is {predicted.shape[::-1]} pixels, "
+                              f"its label {example.label} is {label.shape[::-1]}")
+        predicted = np.where(predicted == domain_registry.IGNORE_LABEL, outside, predicted)
+        confusion += metrics_lib.confusion_matrix(label, predicted, outside + 1)
+    return _summary(domain, confusion, len(examples))
+
+
+def _summary(domain, confusion, num_images):
+    summary = metrics_lib.summarize(confusion, list(domain.class_names))
+    summary.update(
+        num_images=num_images,
+        num_pixels=int(confusion.sum()),
+        class_names=list(domain.class_names),
+        confusion_matrix=confusion.tolist(),
+    )
+    return summary
+
+
+def evaluate_run(run_dir, split="val", domains=None, batch_size=None, predictions_dir=None,
+                 echo=None):
+    """Evaluates the run in ``run_dir`` on ``split`` of each (selected) domain.
+
+    ``split`` is ``val`` (each domain's ``val_split``), ``train`` (its
+    ``train_split``) or a split folder name. Predictions are written under
+    ``predictions_dir/<domain>/{ids,color}/`` when given: ``ids`` in the
+    dataset's raw label ids, ``color`` with the domain's palette.
+    A ``supervised`` run is evaluated model by model, each on its own domain.
+    """
+    run_dir = pathlib.Path(run_dir)
+    config = runs.read_config(run_dir)
+    selected = _select_domains(config, domains)
+    if config.method == "supervised":
+        results = {}
+        for _, domain_config in selected:
+            sub = run_dir / "supervised" / domain_config.name
+            results.update(evaluate_run(sub, split, [domain_config.name], batch_size,
+                                        predictions_dir, echo))
+        return results
+    loaded = runs.load_run(run_dir)
+    if not loaded.finished and echo:
+        echo(f"note: {run_dir} has not finished; evaluating its {loaded.stage} checkpoint")
+    batch_size = batch_size or config.data.eval_batch_size
+    results = {}
+    for index, domain_config in selected:
+        domain = domain_registry.get_domain(domain_config.name)
+        root = sources.resolve_root(domain_config, index, config.seed)
+        examples = readers.list_examples(domain, root, _split_name(domain_config, split))
+        started = time.perf_counter()
+        out = pathlib.Path(predictions_dir) / domain.name if predictions_dir else None
+        results[domain.name] = evaluate_domain(
+            loaded.model, domain, examples, domain_config.scale, batch_size,
+            predictions_dir=out / "ids" if out else None,
+            colorized_dir=out / "color" if out else None,
+        )
+        if echo:
+            echo(f"[evaluate] {domain.name}: {len(examples)} images in "
+                 f"{time.perf_counter() - started:.1f}s")
+    return results
+
+
+def write_results(results, path):
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=2))
+    tmp.replace(path)
+
+
+def format_report(results):
+    """A per-domain table: mIoU, pixel accuracy, then every class's IoU."""
+    lines = []
+    for domain, r in results.items():
+        lines.append(f"{domain}: mIoU {r['miou']:.4f}  pixel accuracy {r['pixel_accuracy']:.4f}  "
+                     f"({r['num_images']} images)")
+        for name, iou in r["per_class_iou"].items():
+            lines.append(f"  {name:<16} {'   n/a' if iou is None else f'{iou:6.4f}'}")
+    return "\n".join(lines)
