@@ -15,9 +15,14 @@ import yaml
 
 from usss_tf.errors import ConfigError
 
-METHODS = ("univ_basic", "univ_full")
+# supervised: one model per domain; finetune: train on the first domain, then
+# fine-tune on the others; univ_basic: shared encoder, supervised loss only;
+# univ_full: all losses of the paper (entropy module).
+METHODS = ("supervised", "finetune", "univ_basic", "univ_full")
 BACKBONES = ("erfnet", "drn_d_22", "drn_d_38")
 OPTIMIZERS = ("adamw", "sgd")
+SOURCES = ("folder", "tfds")
+ON_BROKEN = ("stop", "skip")
 
 
 @dataclasses.dataclass
@@ -32,6 +37,10 @@ class DomainConfig:
     val_split: str = "val"
     scale: float = 1.0  # resize factor applied to this domain's images before cropping.
     generate: bool = False  # synthetic domains only: write the data if root is missing.
+    # Where the data comes from: "folder" (root = the extracted dataset) or
+    # "tfds" (root = the TFDS data_dir; see usss_tf.data.tfds_source).
+    source: str = "folder"
+    manual_dir: typing.Optional[str] = None  # tfds only: the manual-download zips.
 
 
 @dataclasses.dataclass
@@ -62,6 +71,10 @@ class DataConfig:
     eval_batch_size: int = 4
     max_val_images: typing.Optional[int] = None
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    # A present but broken example (missing label, size mismatch, unknown raw
+    # ids, unreadable file): "stop" the run naming the file, or "skip" it and
+    # record it in manifest.json (usss_tf.data.sources).
+    on_broken: str = "stop"
 
 
 @dataclasses.dataclass
@@ -91,6 +104,12 @@ class TrainConfig:
     eval_every: int = 0  # 0 = at checkpoints.
     log_every: int = 10
     verbose: int = 1
+    # TensorBoard image panels (input | truth | prediction [| nearest centroid]):
+    # written at every validation and every `image_every` steps (None = the
+    # validation interval, 0 = only at validations), `panel_images` per domain.
+    image_every: typing.Optional[int] = None
+    panel_images: int = 3  # 0 = no panels.
+    precision: str = "float32"  # or mixed_float16 / mixed_bfloat16 (see usss_tf.precision).
 
 
 @dataclasses.dataclass
@@ -234,6 +253,8 @@ def validate_config(config):
         )
     if not config.domains:
         raise ConfigError("key 'domains': at least one domain is required")
+    if config.method == "finetune" and len(config.domains) < 2:
+        raise ConfigError("key 'method': 'finetune' needs at least two domains (source, then target)")
     from usss_tf import domains as domain_registry
 
     seen = set()
@@ -260,6 +281,19 @@ def validate_config(config):
                 f"key 'domains.{i}.generate': only synthetic domains can be generated, "
                 f"{d.name!r} is not one"
             )
+        if d.source not in SOURCES:
+            raise ConfigError(
+                f"key 'domains.{i}.source': expected one of: {', '.join(SOURCES)}, got {d.source!r}"
+            )
+        from usss_tf.data import tfds_source
+
+        if d.source == "tfds" and not tfds_source.supports(d.name):
+            raise ConfigError(
+                f"key 'domains.{i}.source': domain {d.name!r} has no TFDS source; "
+                f"available for: {', '.join(sorted(tfds_source.TFDS_BUILDERS))}"
+            )
+        if d.manual_dir is not None and d.source != "tfds":
+            raise ConfigError(f"key 'domains.{i}.manual_dir': only used with source: tfds")
     m = config.model
     if m.backbone not in BACKBONES:
         raise ConfigError(
@@ -280,6 +314,11 @@ def validate_config(config):
     ):
         if value < 1:
             raise ConfigError(f"key '{key}': must be at least 1, got {value}")
+    if config.data.on_broken not in ON_BROKEN:
+        raise ConfigError(
+            f"key 'data.on_broken': expected one of: {', '.join(ON_BROKEN)}, "
+            f"got {config.data.on_broken!r}"
+        )
     if config.data.unlabeled_batch_size < 0:
         raise ConfigError("key 'data.unlabeled_batch_size': must be >= 0")
     if len(config.data.crop) != 2 or min(config.data.crop) < 8:
@@ -304,6 +343,13 @@ def validate_config(config):
         )
     if config.train.learning_rate <= 0:
         raise ConfigError("key 'train.learning_rate': must be > 0")
+    if config.train.image_every is not None and config.train.image_every < 0:
+        raise ConfigError("key 'train.image_every': must be >= 0 (0 = panels only at validations)")
+    if config.train.panel_images < 0:
+        raise ConfigError("key 'train.panel_images': must be >= 0 (0 = no image panels)")
+    from usss_tf import precision
+
+    precision.check_policy(config.train.precision, "train.precision")
     for key, value in dataclasses.asdict(config.loss).items():
         if value < 0:
             raise ConfigError(f"key 'loss.{key}': must be >= 0, got {value}")

@@ -1,5 +1,15 @@
 """Runs an experiment: supervised pre-training -> label centroids -> universal training.
 
+Stages per method (``config.method``):
+
+* ``univ_full``: pretrain (supervised, all domains) -> centroids -> universal (all losses);
+* ``univ_basic``: pretrain -> universal, supervised loss only (shared encoder);
+* ``finetune``: source (the first domain, ``train.pretrain_steps``) -> target
+  (the other domains, ``train.steps``), supervised loss only;
+* ``supervised``: one independent ``univ_basic`` run per domain, labelled data only,
+  in ``supervised/<domain>/`` (each a run directory of its own) for
+  ``pretrain_steps + steps`` steps; the figures are gathered in this directory.
+
 A run directory holds everything a run needs to be resumed and audited::
 
     config.yaml      the resolved config (re-running checks it is unchanged)
@@ -34,7 +44,7 @@ from usss_tf.data import pipeline, sources
 from usss_tf.errors import ConfigError
 from usss_tf.model.segmenter import UniversalSegmenter
 
-STAGES = ("pretrain", "centroids", "universal")
+STAGES = ("pretrain", "centroids", "universal", "source", "target")
 # Keys that may change when a run is resumed: they do not change the result.
 _RESUMABLE_KEYS = {"train.verbose", "train.log_every", "train.checkpoint_every", "train.eval_every"}
 
@@ -82,7 +92,7 @@ def make_strategy(devices=None):
 
 
 def _stage_loss_weights(config, stage):
-    if stage == "pretrain" or config.method == "univ_basic":
+    if stage != "universal" or config.method != "univ_full":
         return {"supervised": config.loss.supervised}
     return dataclasses.asdict(config.loss)
 
@@ -148,7 +158,7 @@ class Experiment:
         cfg = self.config
         self._prepare_run_dir()
         keras.utils.set_random_seed(cfg.seed)
-        self.inputs = sources.prepare_domains(cfg)
+        self.inputs = sources.prepare_domains(cfg, echo=self.echo)
         pipeline.write_manifest(
             self.run_dir / "manifest.json", {i.domain.name: i.manifest_entry() for i in self.inputs}
         )
@@ -173,6 +183,8 @@ class Experiment:
 
     def run(self):
         """Runs (or resumes) every stage; returns the final figures per domain."""
+        if self.config.method == "supervised":
+            return self._run_supervised()
         if self.model is None:
             self.setup()
         cfg = self.config
@@ -183,13 +195,58 @@ class Experiment:
             f"{self.strategy.num_replicas_in_sync} replica(s), {self.model.count_params():,} parameters"
         )
         previous = None
-        previous = self._train_stage("pretrain", cfg.train.pretrain_steps, 0, previous, done)
-        if cfg.method == "univ_full":
-            previous = self._centroid_stage(previous, done)
-        previous = self._train_stage("universal", cfg.train.steps, cfg.train.pretrain_steps, previous, done)
+        if cfg.method == "finetune":
+            source, targets = self.inputs[:1], self.inputs[1:]
+            previous = self._train_stage("source", cfg.train.pretrain_steps, 0, previous, done, source)
+            previous = self._train_stage(
+                "target", cfg.train.steps, cfg.train.pretrain_steps, previous, done, targets
+            )
+        else:
+            previous = self._train_stage("pretrain", cfg.train.pretrain_steps, 0, previous, done)
+            if cfg.method == "univ_full":
+                previous = self._centroid_stage(previous, done)
+            previous = self._train_stage(
+                "universal", cfg.train.steps, cfg.train.pretrain_steps, previous, done
+            )
         self._restore_model(previous)
         results = self.evaluate()
         self._log_validation(results, cfg.train.pretrain_steps + cfg.train.steps)
+        _write_json(self.run_dir / "metrics.json", results)
+        return results
+
+    def _run_supervised(self):
+        """One single-domain run per domain, each in ``supervised/<domain>/``."""
+        self._prepare_run_dir()
+        cfg = self.config
+        _write_json(self.run_dir / "run.json", {
+            "seed": cfg.seed,
+            "method": cfg.method,
+            "runs": {d.name: f"supervised/{d.name}" for d in cfg.domains},
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "python": platform.python_version(),
+        })
+        done = self._stages_done()
+        results = {}
+        for domain in cfg.domains:
+            sub_dir = self.run_dir / "supervised" / domain.name
+            if f"supervised/{domain.name}" in done and (sub_dir / "metrics.json").exists():
+                self.echo(f"[supervised] {domain.name}: already finished, skipping")
+                results.update(json.loads((sub_dir / "metrics.json").read_text()))
+                continue
+            sub_config = dataclasses.replace(
+                cfg,
+                name=f"{cfg.name}-{domain.name}",
+                method="univ_basic",
+                domains=[domain],
+                train=dataclasses.replace(
+                    cfg.train, pretrain_steps=cfg.train.pretrain_steps + cfg.train.steps, steps=0
+                ),
+            )
+            self.echo(f"[supervised] {domain.name}: an independent model, labelled data only")
+            sub = Experiment(sub_config, sub_dir, self.devices, self.echo)
+            results.update(sub.run())
+            self._mark_done(f"supervised/{domain.name}", miou=results[domain.name]["miou"])
         _write_json(self.run_dir / "metrics.json", results)
         return results
 
@@ -197,8 +254,9 @@ class Experiment:
         if checkpoint_path:
             tf.train.Checkpoint(model=self.model).restore(checkpoint_path).expect_partial()
 
-    def _train_stage(self, stage, steps, offset, previous, done):
-        """Trains ``stage`` for ``steps`` steps, resuming from its own checkpoints."""
+    def _train_stage(self, stage, steps, offset, previous, done, inputs=None):
+        """Trains ``stage`` for ``steps`` steps on ``inputs`` (default all domains), resuming."""
+        inputs = inputs or self.inputs
         directory = self._checkpoint_dir(stage)
         if stage in done:
             self.echo(f"[{stage}] already finished, skipping")
@@ -225,7 +283,7 @@ class Experiment:
             self.model.loss_weights_["cross_entropy"] > 0
         images_per_step = sum(
             cfg.data.batch_size + (cfg.data.unlabeled_batch_size if with_unlabeled else 0)
-            for _ in self.inputs
+            for _ in inputs
         )
         logger = TrainingLogger(
             self.train_writer, stage, offset, cfg.train.log_every, images_per_step, steps,
@@ -234,7 +292,7 @@ class Experiment:
         logger.progbar and logger.progbar.update(step)
         if step < steps:
             dataset = pipeline.train_dataset(
-                self.inputs, cfg.data, cfg.seed, step, steps - step, with_unlabeled=with_unlabeled
+                inputs, cfg.data, cfg.seed, step, steps - step, with_unlabeled=with_unlabeled
             )
             boundaries = _StageBoundaries(self, stage, steps, offset, manager)
             self._fit(dataset, steps - step, [logger, boundaries])
