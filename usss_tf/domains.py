@@ -11,6 +11,13 @@ Label images on disk hold *raw* ids in the dataset's own numbering (Cityscapes
 contiguous *train* ids ``0 .. num_classes - 1``; every raw id that is not listed
 becomes ``IGNORE_LABEL`` and is left out of losses and metrics.
 
+A domain also says which raw ids its labels may *legitimately* contain without
+training on them (``void_ids``: Cityscapes' 15 void labelIds, CamVid's 11,
+SUN RGB-D's 0). ``known_raw_ids()`` = mapped ids + void ids + ``IGNORE_LABEL``;
+a label holding any other value is from a different label space or corrupt,
+and the dataset checks (``usss_tf.data.checks``) report it instead of letting
+``lookup_table`` silently turn it into ignore.
+
 Example:
 
 >>> domain = get_domain("cityscapes")
@@ -50,6 +57,9 @@ class Domain:
             an explicit entry.
         synthetic: whether the data comes from the built-in generator.
         description: one line for humans (CLI listings, exported assets).
+        void_ids: raw ids that occur in the dataset's labels but belong to no
+            class (they map to ``IGNORE_LABEL`` like every unlisted id); with
+            ``raw_to_train`` they define the ids a valid label may hold.
     """
 
     name: str
@@ -59,6 +69,7 @@ class Domain:
     raw_to_train: tuple
     synthetic: bool = False
     description: str = ""
+    void_ids: tuple = ()
 
     def __post_init__(self):
         # Freeze list inputs (e.g. from JSON/YAML) into tuples so the domain
@@ -68,6 +79,7 @@ class Domain:
                 "class_names": tuple(str(n) for n in self.class_names),
                 "palette": tuple(tuple(int(c) for c in rgb) for rgb in self.palette),
                 "raw_to_train": tuple((int(raw), int(train)) for raw, train in self.raw_to_train),
+                "void_ids": tuple(sorted({int(raw) for raw in self.void_ids})),
             }
         except (TypeError, ValueError) as error:
             raise ConfigError(
@@ -116,6 +128,11 @@ class Domain:
                     f"{where}: raw id {raw} maps to train id {train}, expected "
                     f"0..{num_classes - 1} or {IGNORE_LABEL}"
                 )
+        for raw in self.void_ids:
+            if not 0 <= raw <= 255:
+                raise ConfigError(f"{where}: void id {raw} is outside 0..255")
+            if raw in seen_raw:
+                raise ConfigError(f"{where}: raw id {raw} is both mapped and void")
 
     @property
     def num_classes(self) -> int:
@@ -127,6 +144,18 @@ class Domain:
         for raw, train in self.raw_to_train:
             table[raw] = train
         return table
+
+    def known_raw_ids(self) -> np.ndarray:
+        """Returns ``bool[256]``: True for the raw ids a label of this domain may hold.
+
+        Those are the mapped ids, the void ids and ``IGNORE_LABEL``; any other
+        value means the label does not belong to this label space.
+        """
+        known = np.zeros(256, dtype=bool)
+        known[[raw for raw, _ in self.raw_to_train]] = True
+        known[list(self.void_ids)] = True
+        known[IGNORE_LABEL] = True
+        return known
 
     def colorize(self, train_ids) -> np.ndarray:
         """Paints train ids with the palette: ``[...]`` -> ``uint8 [..., 3]``.
@@ -156,6 +185,7 @@ class Domain:
             "raw_to_train": [list(pair) for pair in self.raw_to_train],
             "synthetic": self.synthetic,
             "description": self.description,
+            "void_ids": list(self.void_ids),
         }
 
     @classmethod
@@ -230,7 +260,16 @@ def _cityscapes_domain() -> Domain:
         class_names=tuple(label.name for label in labels),
         palette=tuple(label.color for label in labels),
         raw_to_train=tuple((label.id, label.trainId) for label in labels),
+        void_ids=_cityscapes_void_ids(labels),
         description="Cityscapes fine annotations: 34 labelIds -> 19 train ids.",
+    )
+
+
+def _cityscapes_void_ids(used_labels) -> tuple:
+    """The labelIds 0..33 that are not among `used_labels` (license plate, -1, is never written)."""
+    used = {label.id for label in used_labels}
+    return tuple(
+        label.id for label in cityscapes_labels.labels if label.id >= 0 and label.id not in used
     )
 
 
@@ -322,7 +361,9 @@ _SUNRGBD_CLASSES = (
 )
 
 
-def _table_domain(name, layout, classes, *, first_raw_id, description, synthetic=False) -> Domain:
+def _table_domain(
+    name, layout, classes, *, first_raw_id, description, synthetic=False, void_ids=()
+) -> Domain:
     """A domain whose raw ids are its train ids shifted by `first_raw_id`."""
     return Domain(
         name=name,
@@ -332,6 +373,7 @@ def _table_domain(name, layout, classes, *, first_raw_id, description, synthetic
         raw_to_train=tuple((i + first_raw_id, i) for i in range(len(classes))),
         synthetic=synthetic,
         description=description,
+        void_ids=void_ids,
     )
 
 
@@ -365,6 +407,7 @@ def _synth_city_domain() -> Domain:
         class_names=SYNTH_CITY_CLASSES,
         palette=tuple(label.color for label in labels),
         raw_to_train=tuple((label.id, i) for i, label in enumerate(labels)),
+        void_ids=_cityscapes_void_ids(labels),
         synthetic=True,
         description=(
             "Synthetic street scenes, cool daylight, Cityscapes layout and labelIds, 10 classes."
@@ -379,6 +422,7 @@ def _builtin_domains():
         "camvid",
         _CAMVID_CLASSES,
         first_raw_id=0,
+        void_ids=(11,),
         description="CamVid, SegNet layout: 11 classes, id 11 = void.",
     )
     yield _table_domain(
@@ -386,6 +430,7 @@ def _builtin_domains():
         "idd",
         _IDD_LEVEL3_CLASSES,
         first_raw_id=0,
+        # createLabels writes 255 for unlabelled, ego vehicle, etc.: IGNORE_LABEL itself.
         description="India Driving Dataset, level-3 ids: 26 classes.",
     )
     yield _table_domain(
@@ -393,6 +438,7 @@ def _builtin_domains():
         "sunrgbd",
         _SUNRGBD_CLASSES,
         first_raw_id=1,
+        void_ids=(0,),
         description="SUN RGB-D indoor scenes: 37 classes, raw 0 = unlabelled.",
     )
     yield _synth_city_domain()
@@ -402,6 +448,7 @@ def _builtin_domains():
         SYNTH_CAMVID_CLASSES,
         first_raw_id=0,
         synthetic=True,
+        void_ids=(SYNTH_CAMVID_VOID,),
         description=(
             "Synthetic street scenes, warm evening light, CamVid layout, "
             "7 classes (vehicle = car + truck; fence, pole = void)."

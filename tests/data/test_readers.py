@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import dataset_trees
 from usss_tf import domains
 from usss_tf.data import readers
 from usss_tf.errors import ConfigError, DatasetError
@@ -197,90 +198,117 @@ def test_register_layout(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------
-# check_example / find_unreadable
+# Each reader on a tree in its dataset's real layout (tests/data/dataset_trees.py).
 # ---------------------------------------------------------------------------
 
 
-def _example(tmp_path, image_size=(8, 6), label_size=(8, 6)):
-    image = _write_image(tmp_path / "img.png", 3, size=image_size)
-    label = _write_image(tmp_path / "lab.png", 3, size=label_size, mode="L")
-    return readers.Example("img", str(image), str(label))
+def test_cityscapes_layout_tree(tmp_path):
+    root = dataset_trees.write_cityscapes_tree(tmp_path / "cityscapes")
+    train = readers.list_examples("cityscapes", root, "train")
+    val = readers.list_examples("cityscapes", root, "val")
+    assert [e.key for e in train] == [
+        "aachen/aachen_000000_000019", "aachen/aachen_000001_000020",
+        "aachen/aachen_000002_000021", "bremen/bremen_000000_000019",
+        "bremen/bremen_000001_000020",
+    ]  # fmt: skip
+    assert [e.key.split("/")[0] for e in val] == ["frankfurt", "frankfurt"]
+    # Paired by name: the colour labels and polygons next to them are ignored.
+    assert all(e.label.endswith("_gtFine_labelIds.png") for e in train + val)
+    assert all(dataset_trees.red_matches_label(e) for e in train + val)
 
 
-def _truncate(path):
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
+def test_idd_layout_tree(tmp_path):
+    root = dataset_trees.write_idd_tree(tmp_path / "idd")
+    train = readers.list_examples("idd", root, "train")
+    assert [e.key for e in train] == ["0/000000", "0/000001", "103/103000", "103/103001"]
+    assert all(e.label.endswith("_gtFine_labellevel3Ids.png") for e in train)
+    assert all(dataset_trees.red_matches_label(e) for e in train)
+    assert len(readers.list_examples("idd", root, "val")) == 2
 
 
-def test_check_example_accepts_good_files(tmp_path):
-    readers.check_example(_example(tmp_path), "camvid")
-    # An unlabelled example is fine too.
-    readers.check_example(readers.Example("x", str(tmp_path / "img.png"), None))
+def test_camvid_layout_tree(camvid_tree):
+    train = readers.list_examples("camvid", camvid_tree, "train")
+    assert len(train) == 8 and train[0].label.endswith("/trainannot/frame000.png")
+    assert len(readers.list_examples("camvid", camvid_tree, "val")) == 3
 
 
-def test_check_example_rejects_labels_the_pipeline_would_misread(tmp_path):
-    # decode_png(channels=1) turns palette indices into luminance and 16-bit into 0.
-    _example(tmp_path)
-    label16 = tmp_path / "lab16.png"
-    Image.fromarray(np.full((6, 8), 300, dtype=np.uint16)).save(label16)
-    with pytest.raises(DatasetError, match="lab16.png.*mode L"):
-        readers.check_example(readers.Example("x", str(tmp_path / "img.png"), str(label16)))
+def test_sunrgbd_folder_layout_tree(tmp_path):
+    root = dataset_trees.write_sunrgbd_folders(tmp_path / "sun")
+    train = readers.list_examples("sunrgbd", root, "train")
+    assert [e.key for e in train] == [f"img-{i:06d}" for i in range(1, 5)]
+    assert all(dataset_trees.red_matches_label(e) for e in train)
+    assert len(readers.list_examples("sunrgbd", root, "test")) == 2
 
 
-def _write_noise(path, size=(64, 48)):
-    # Noise compresses badly, so half the file cuts into the pixel data.
-    width, height = size
-    pixels = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path)
-    return path
+@pytest.mark.parametrize("columns", [2, 3])
+def test_sunrgbd_list_file_pairs_differently_named_files(tmp_path, columns):
+    root = dataset_trees.write_sunrgbd_lists(tmp_path / "sun", columns=columns)
+    train = readers.list_examples("sunrgbd", root, "train")
+    assert [e.key for e in train] == [f"image/train/img-{i:06d}" for i in range(1, 5)]
+    assert train[0].label == str(root / "label37" / "train" / "00000001.png")
+    assert train[0].origin == f"{root / 'train37.txt'}:1"
+    assert all(dataset_trees.red_matches_label(e) for e in train)
+    assert len(readers.list_examples("sunrgbd", root, "test")) == 2
 
 
-@pytest.mark.parametrize("broken", ["image", "label"])
-def test_check_example_reports_truncated_png(tmp_path, broken):
-    example = _example(tmp_path, image_size=(64, 48), label_size=(64, 48))
-    path = tmp_path / ("img.png" if broken == "image" else "lab.png")
-    _write_noise(path)
-    if broken == "label":
-        Image.open(path).convert("L").save(path)
-    _truncate(path)
-    with pytest.raises(DatasetError, match=f"cannot decode {path}"):
-        readers.check_example(example, "camvid")
+def test_sunrgbd_list_file_details(tmp_path):
+    root = dataset_trees.write_sunrgbd_lists(tmp_path / "sun", counts={"train": 3})
+    # chrischoy/SUN_RGBD's top-level lists give the label as a bare file name;
+    # comments, blank lines, CRLF and absolute paths are accepted.
+    (root / "train37.txt").write_text(
+        "# image depth label\r\n"
+        "image/train/img-000002.jpg depth/train/00000002.png 00000002.png\r\n"
+        "\n"
+        f"{root}/image/train/img-000001.jpg {root}/label37/train/00000001.png\n"
+    )
+    examples = readers.list_examples("sunrgbd", root, "train")
+    assert [(e.key, e.origin.rsplit(":", 1)[1]) for e in examples] == [
+        ("image/train/img-000001", "4"), ("image/train/img-000002", "2"),
+    ]
+    assert examples[1].label == str(root / "label37" / "train" / "00000002.png")
+    assert all(dataset_trees.red_matches_label(e) for e in examples)
 
 
-def test_check_example_reports_size_mismatch(tmp_path):
-    example = _example(tmp_path, image_size=(8, 6), label_size=(8, 5))
-    with pytest.raises(DatasetError) as error:
-        readers.check_example(example, "cityscapes")
-    message = str(error.value)
-    assert "sizes differ" in message and "domain 'cityscapes'" in message
-    assert f"{example.image} is 8x6" in message and f"{example.label} is 8x5" in message
+def test_sunrgbd_list_file_wins_over_folders(tmp_path):
+    root = dataset_trees.write_sunrgbd_folders(tmp_path / "sun", counts={"train": 3})
+    dataset_trees.write_sunrgbd_lists(root, counts={"train": 2})
+    assert len(readers.list_examples("sunrgbd", root, "train")) == 2
 
 
-def test_check_example_requires_single_channel_label(tmp_path):
-    example = _example(tmp_path)
-    _write_image(tmp_path / "lab.png", 3, mode="RGB")
-    with pytest.raises(DatasetError, match=f"label {example.label} .*mode 'RGB'"):
-        readers.check_example(example)
+def test_sunrgbd_list_file_errors_name_the_line(tmp_path):
+    root = dataset_trees.write_sunrgbd_lists(tmp_path / "sun", counts={"train": 3})
+    list_file = root / "train37.txt"
+    lines = list_file.read_text().splitlines()
+    (root / "label37" / "train" / "00000002.png").unlink()
+    with pytest.raises(DatasetError, match=rf"{list_file}:2: label not found: .*00000002.png"):
+        readers.list_examples("sunrgbd", root, "train")
+    # Unlabelled reading keeps it, without a label, and says where it was listed.
+    lenient = readers.list_examples("sunrgbd", root, "train", require_labels=False)
+    assert lenient[1].label is None and lenient[1].origin == f"{list_file}:2"
+    assert lenient[1].missing_label.endswith("label37/train/00000002.png")
+
+    (root / "image" / "train" / "img-000003.jpg").unlink()
+    with pytest.raises(DatasetError, match=rf"{list_file}:2: label not found"):
+        readers.list_examples("sunrgbd", root, "train")
+    list_file.write_text("\n".join([lines[0], lines[2]]) + "\n")
+    with pytest.raises(DatasetError, match=rf"{list_file}:2: image not found: .*img-000003.jpg"):
+        readers.list_examples("sunrgbd", root, "train")
+    list_file.write_text(lines[0] + "\n" + lines[0] + "\n")
+    with pytest.raises(DatasetError, match=rf"{list_file}:2: image .* already listed on line 1"):
+        readers.list_examples("sunrgbd", root, "train")
+    list_file.write_text("image/train/img-000001.jpg\n")
+    with pytest.raises(DatasetError, match=rf"{list_file}:1: expected 'image label' or"):
+        readers.list_examples("sunrgbd", root, "train")
+    list_file.write_text("# nothing\n")
+    with pytest.raises(DatasetError, match=f"no examples listed in {list_file}"):
+        readers.list_examples("sunrgbd", root, "train")
 
 
-def test_check_example_rejects_float_image(tmp_path):
-    path = tmp_path / "depth.tiff"
-    Image.fromarray(np.zeros((6, 8), dtype=np.float32)).save(path)
-    with pytest.raises(DatasetError, match="mode 'F', which does not convert to 8-bit RGB"):
-        readers.check_example(readers.Example("depth", str(path), None))
-
-
-def test_find_unreadable_names_each_bad_file(tmp_path):
-    good = _write_image(tmp_path / "good.png", 1)
-    corrupt = _write_noise(tmp_path / "corrupt.png")
-    _truncate(corrupt)
-    not_an_image = tmp_path / "notes.png"
-    not_an_image.write_text("hello")
-    missing = tmp_path / "missing.png"
-    paths = [good, str(corrupt), bytes(not_an_image), str(missing)]
-    found = readers.find_unreadable(paths)
-    assert [path for path, _ in found] == [str(corrupt), str(not_an_image), str(missing)]
-    reasons = dict(found)
-    assert str(corrupt) in reasons[str(corrupt)]
-    assert reasons[str(missing)] == f"file not found: {missing}"
-    assert readers.find_unreadable([good]) == []
+def test_missing_label_is_recorded_when_not_required(tmp_path):
+    root = dataset_trees.write_cityscapes_tree(tmp_path / "c", cities={"train": {"ulm": 2}})
+    label = root / "gtFine" / "train" / "ulm" / "ulm_000001_000020_gtFine_labelIds.png"
+    label.unlink()
+    examples = readers.list_examples("cityscapes", root, "train", require_labels=False)
+    assert examples[1].label is None and examples[1].missing_label == str(label)
+    # missing_label and origin do not take part in equality.
+    assert examples[1] == readers.Example(examples[1].key, examples[1].image, None)

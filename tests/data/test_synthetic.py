@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from usss_tf import domains
-from usss_tf.data import readers, synthetic
+from usss_tf.data import checks, readers, synthetic
 from usss_tf.errors import ConfigError, DatasetError, UnknownDomainError
 
 SMALL = dict(num_train=3, num_val=1, size=(48, 96))
@@ -50,7 +50,7 @@ def test_writes_each_domain_in_its_layout(twenty):
         val = readers.list_examples(name, root, "val")
         assert (len(train), len(val)) == (20, 2)
         for example in train[:2] + val:
-            readers.check_example(example, name)
+            checks.check_example(example, name)
             image = np.asarray(Image.open(example.image))
             label = np.asarray(Image.open(example.label))
             assert image.shape == (128, 256, 3) and image.dtype == np.uint8

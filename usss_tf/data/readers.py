@@ -16,18 +16,23 @@ Layouts (``Domain.layout``):
   ``createLabels``).
 - ``camvid`` (SegNet): ``root/{split}/{name}.png`` with
   ``root/{split}annot/{name}.png``.
-- ``sunrgbd``: ``root/{split}/image/{name}.{jpg,png}`` with
-  ``root/{split}/label37/{name}.png`` (label values 1..37, 0 = unlabelled).
+- ``sunrgbd``: either the list file ``root/{split}37.txt`` (one example per
+  line: ``image label`` or ``image depth label``, paths relative to root; the
+  form of ankurhanda/sunrgbd-meta-data and chrischoy/SUN_RGBD, whose image and
+  label names differ, so only the list pairs them), or, without a list file,
+  the folders ``root/{split}/image/{name}.{jpg,png}`` with
+  ``root/{split}/label37/{name}.png``. Label values 1..37, 0 = unlabelled.
 
-`check_example` and `find_unreadable` decode files with PIL to name the exact
-file at fault, e.g. after a tf.data decode error that only says "corrupt".
+Readers only list; whether the files are usable (they decode, sizes agree,
+label ids belong to the domain) is `usss_tf.data.checks`' job. With
+``require_labels=False`` a reader lists an image whose label is absent with
+``label=None`` and ``missing_label`` set to where it looked, so the checks can
+report (or skip) it by name.
 """
 
 import dataclasses
 import os
 import pathlib
-
-from PIL import Image
 
 from usss_tf import domains as domains_lib
 from usss_tf.errors import ConfigError, DatasetError
@@ -46,11 +51,19 @@ class Example:
         image: absolute path of the image.
         label: absolute path of the label image, or None when the split is
             read with ``require_labels=False`` and this image has none.
+        missing_label: when ``label`` is None because the file is absent, the
+            path the reader expected it at (for messages). Not part of
+            equality.
+        origin: where the example was listed, e.g. ``"/data/sun/train37.txt:12"``
+            for list files, so messages can point at the line. Not part of
+            equality.
     """
 
     key: str
     image: str
     label: str | None
+    missing_label: str | None = dataclasses.field(default=None, compare=False)
+    origin: str | None = dataclasses.field(default=None, compare=False)
 
 
 # ---------------------------------------------------------------------------
@@ -90,12 +103,13 @@ def _pair(images: dict, label_for_key, image_folder, *, require_labels) -> list:
     for key in sorted(images):
         label = label_for_key(key)
         if label.is_file():
-            label = str(label)
+            examples.append(Example(key=key, image=str(images[key]), label=str(label)))
         elif require_labels:
             raise DatasetError(f"image {images[key]} has no label: expected {label}")
         else:
-            label = None
-        examples.append(Example(key=key, image=str(images[key]), label=label))
+            examples.append(
+                Example(key=key, image=str(images[key]), label=None, missing_label=str(label))
+            )
     return examples
 
 
@@ -182,12 +196,70 @@ def _list_camvid(root, split, *, require_labels):
 
 
 def _list_sunrgbd(root, split, *, require_labels):
+    list_file = root / f"{split}37.txt"
+    if list_file.is_file():
+        return _from_list_file(root, list_file, "label37", require_labels=require_labels)
     return _flat_pair(
         root / split / "image",
         root / split / "label37",
         split,
         require_labels=require_labels,
     )
+
+
+def _list_path(root, text) -> pathlib.Path:
+    """A path from a list file: absolute as written, else relative to `root`."""
+    path = pathlib.Path(text)
+    return path if path.is_absolute() else root / path
+
+
+def _from_list_file(root, list_file, label_folder, *, require_labels) -> list:
+    """Examples listed one per line in `list_file`: ``image [depth] label``.
+
+    Two columns are ``image label``; three are ``image depth label`` (depth is
+    not used). Blank lines and lines starting with ``#`` are skipped. A label
+    given as a bare file name, as in chrischoy/SUN_RGBD's top-level
+    ``train37.txt``, lives in ``root/{label_folder}/{the image's folder name}/``.
+    Keys are image paths relative to `root` without the suffix.
+
+    Raises:
+        DatasetError: naming ``list_file:line`` for a malformed line, an image
+            listed twice, a missing image, or (with `require_labels`) a
+            missing label.
+    """
+    examples, seen = [], {}
+    lines = list_file.read_text(encoding="utf-8", errors="replace").splitlines()
+    for number, line in enumerate(lines, start=1):
+        where = f"{list_file}:{number}"
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        if len(fields) not in (2, 3):
+            raise DatasetError(
+                f"{where}: expected 'image label' or 'image depth label' (2 or 3 paths), "
+                f"got {len(fields)} fields"
+            )
+        image, label = _list_path(root, fields[0]), _list_path(root, fields[-1])
+        if "/" not in fields[-1] and not label.is_file():
+            label = root / label_folder / image.parent.name / fields[-1]
+        try:
+            key = image.relative_to(root).with_suffix("").as_posix()
+        except ValueError:  # an absolute path outside root
+            key = image.with_suffix("").as_posix().lstrip("/")
+        if key in seen:
+            raise DatasetError(f"{where}: image {image} is already listed on line {seen[key]}")
+        seen[key] = number
+        if require_labels and not image.is_file():
+            raise DatasetError(f"{where}: image not found: {image}")
+        if label.is_file():
+            examples.append(Example(key, str(image), str(label), origin=where))
+        elif require_labels:
+            raise DatasetError(f"{where}: label not found: {label} (image {image})")
+        else:
+            examples.append(Example(key, str(image), None, missing_label=str(label), origin=where))
+    if not examples:
+        raise DatasetError(f"no examples listed in {list_file}")
+    return sorted(examples, key=lambda e: e.key)
 
 
 # layout -> fn(root: absolute Path, split: str, *, require_labels) -> [Example]
@@ -229,8 +301,10 @@ def list_examples(domain, root, split, *, require_labels=True) -> list:
             reader.
         root: the dataset's top folder (e.g. the one holding ``leftImg8bit/``).
         split: split name, e.g. ``"train"`` or ``"val"``.
-        require_labels: when True every image must have a label; when False
-            images without one get ``label=None`` (unlabelled data).
+        require_labels: when True every image must have a label (and, for
+            list files, every listed file must exist); when False images
+            without one get ``label=None`` and ``missing_label`` (unlabelled
+            data, or a broken example for `usss_tf.data.checks` to report).
 
     Returns:
         `Example`s sorted by key, with absolute paths.
@@ -257,92 +331,3 @@ def list_examples(domain, root, split, *, require_labels=True) -> list:
     if not root.is_dir():
         raise DatasetError(f"dataset root of domain {domain.name!r} not found: {root}")
     return reader(root, split, require_labels=require_labels)
-
-
-# ---------------------------------------------------------------------------
-# Checking files.
-# ---------------------------------------------------------------------------
-
-# Modes PIL gives 8-bit colour or grey images; 16-bit/float ones are not photos.
-_IMAGE_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr"})
-# Single-channel label modes: 8-bit grey, palette indices, 16-bit grey.
-_LABEL_MODES = frozenset({"L"})
-
-
-def _decode(path) -> tuple:
-    """Fully decodes `path` with PIL and returns ``(mode, (width, height))``.
-
-    Raises DatasetError naming the file when it is missing or does not decode.
-    """
-    path = os.fspath(path)
-    try:
-        # verify() checks chunk checksums but leaves the image unusable, so
-        # the file is opened again to decode every pixel.
-        with Image.open(path) as image:
-            image.verify()
-        with Image.open(path) as image:
-            image.load()
-            return image.mode, image.size
-    except FileNotFoundError:
-        raise DatasetError(f"file not found: {path}") from None
-    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError...
-        raise DatasetError(f"cannot decode {path}: {error}") from error
-
-
-def check_example(example: Example, domain=None) -> None:
-    """Decodes one example's files and checks they can be trained on.
-
-    Unknown raw ids in the label are legal (they map to ignore), so only the
-    files themselves are checked: both decode completely, the image converts
-    to RGB, the label has one channel, and both have the same size.
-
-    Args:
-        example: the `Example` to check.
-        domain: optional `Domain` or name, only used to make messages say
-            which dataset the file belongs to.
-
-    Raises:
-        DatasetError: naming the file at fault.
-    """
-    where = ""
-    if domain is not None:
-        where = f" (domain {domains_lib.get_domain(domain).name!r})"
-    image_mode, image_size = _decode(example.image)
-    if image_mode not in _IMAGE_MODES:
-        raise DatasetError(
-            f"image {example.image}{where} has mode {image_mode!r}, which does "
-            "not convert to 8-bit RGB"
-        )
-    if example.label is None:
-        return
-    label_mode, label_size = _decode(example.label)
-    if label_mode not in _LABEL_MODES:
-        raise DatasetError(
-            f"label {example.label}{where} has mode {label_mode!r}; expected a "
-            "8-bit greyscale image (mode L) of raw ids; palette and 16-bit labels are "
-            "not read correctly by the pipeline, convert them first"
-        )
-    if image_size != label_size:
-        raise DatasetError(
-            f"image and label sizes differ{where}: {example.image} is "
-            f"{image_size[0]}x{image_size[1]}, {example.label} is "
-            f"{label_size[0]}x{label_size[1]} (width x height)"
-        )
-
-
-def find_unreadable(paths) -> list:
-    """Returns ``[(path, reason), ...]`` for files PIL cannot fully decode.
-
-    Used after a tf.data decode failure to name the culprit. `paths` may be
-    str, `os.PathLike` or bytes (as they come out of a tf.string tensor).
-    """
-    unreadable = []
-    for path in paths:
-        if isinstance(path, bytes):
-            path = os.fsdecode(path)
-        path = os.fspath(path)
-        try:
-            _decode(path)
-        except DatasetError as error:
-            unreadable.append((path, str(error)))
-    return unreadable

@@ -1,23 +1,34 @@
 """From a config's domain entries to the example lists the pipelines read.
 
-Resolves each domain's root (writing the synthetic domains when asked),
-lists its splits with the layout's reader, draws the labelled subset and
-checks every labelled example before training starts, so a broken file is
-reported by name up front rather than as a tf.data error mid-run.
+Resolves each domain's root (writing the synthetic domains, or materialising
+a TFDS source, when asked), lists its splits with the layout's reader, draws
+the labelled subset and checks the examples before training starts, so a
+broken file is reported by name up front rather than as a tf.data error
+mid-run (see `usss_tf.data.checks` for what is checked, how deep, and why).
+
+``data.on_broken`` decides what a broken example does: ``stop`` (default)
+ends the run with a message naming the file(s); ``skip`` leaves the example
+out, and the run's ``manifest.json`` records how many were skipped and which.
 """
 
 import dataclasses
 import pathlib
 
 from usss_tf import domains as domain_registry
-from usss_tf.data import readers
+from usss_tf.config import ON_BROKEN
+from usss_tf.data import checks, readers
 from usss_tf.data.pipeline import split_labeled
-from usss_tf.errors import DatasetError
+from usss_tf.errors import ConfigError, DatasetError
 
 
 @dataclasses.dataclass
 class DomainInputs:
-    """Everything the pipelines need about one domain of a run."""
+    """Everything the pipelines need about one domain of a run.
+
+    ``skipped`` holds the `checks.Broken` examples left out under
+    ``on_broken: skip``; it is empty under ``stop`` (a broken example stops
+    the run instead).
+    """
 
     domain: domain_registry.Domain
     root: pathlib.Path
@@ -25,18 +36,42 @@ class DomainInputs:
     labeled: list
     unlabeled: list
     val: list
+    skipped: list = dataclasses.field(default_factory=list)
+    on_broken: str = "stop"
 
     def manifest_entry(self):
-        return {
+        entry = {
             "root": str(self.root),
             "labeled": [e.key for e in self.labeled],
             "unlabeled": len(self.unlabeled),
             "val": len(self.val),
         }
+        # Only under skip, so manifests of runs that never skip keep their
+        # content (a resumed run compares its manifest with the saved one).
+        if self.on_broken == "skip":
+            entry["num_skipped"] = len(self.skipped)
+            entry["skipped"] = [b.to_json() for b in self.skipped]
+        return entry
 
 
-def resolve_root(domain_config, index, seed):
-    """The domain's data folder; synthetic domains are written when ``generate`` is set."""
+def resolve_root(domain_config, index, seed, echo=None, splits=None):
+    """The domain's data folder, in its layout.
+
+    Synthetic domains are written when ``generate`` is set; a ``source: tfds``
+    domain is prepared with TFDS and materialised as files (`tfds_source`)
+    for `splits` (default: its train and val splits).
+    """
+    if getattr(domain_config, "source", "folder") == "tfds":
+        from usss_tf.data import tfds_source
+
+        return tfds_source.materialize(
+            domain_config.name,
+            domain_config.root,
+            splits or (domain_config.train_split, domain_config.val_split),
+            manual_dir=domain_config.manual_dir,
+            echo=echo,
+            where=f"key 'domains.{index}'",
+        )
     root = pathlib.Path(domain_config.root).expanduser()
     if not root.exists() and domain_config.generate:
         from usss_tf.data import synthetic
@@ -53,22 +88,127 @@ def resolve_root(domain_config, index, seed):
     return root.resolve()
 
 
-def prepare_domains(config, check=True):
-    """Lists, splits and checks every domain of ``config``; returns ``DomainInputs``."""
-    prepared = []
-    for index, d in enumerate(config.domains):
-        domain = domain_registry.get_domain(d.name)
-        root = resolve_root(d, index, config.seed)
+class _Triage:
+    """Runs the checks on one domain's examples and applies ``on_broken``."""
+
+    def __init__(self, domain, on_broken):
+        if on_broken not in ON_BROKEN:
+            raise ConfigError(
+                f"key 'data.on_broken': expected one of {', '.join(ON_BROKEN)}, got {on_broken!r}"
+            )
+        self.domain = domain
+        self.on_broken = on_broken
+        self.skipped = []
+
+    def keep(self, examples, split, **depth):
+        """`examples` without the broken ones; under ``stop`` a broken one raises."""
+        broken = checks.find_broken(examples, self.domain, split, **depth)
+        if not broken:
+            return list(examples)
+        if self.on_broken == "stop":
+            raise DatasetError(
+                f"domain '{self.domain.name}', split '{split}': {len(broken)} broken "
+                f"example(s) (set data.on_broken: skip to leave them out): "
+                f"{checks.describe(broken)}"
+            )
+        self.skipped.extend(broken)
+        bad = {b.key for b in broken}
+        return [e for e in examples if e.key not in bad]
+
+    def first(self, examples, count, split, **depth):
+        """The first `count` usable `examples` in order (all when `count` is None)."""
+        if count is None:
+            return self.keep(examples, split, **depth)
+        kept, rest = [], list(examples)
+        while rest and len(kept) < count:
+            chunk, rest = rest[: count - len(kept)], rest[count - len(kept):]
+            kept += self.keep(chunk, split, **depth)
+        return kept
+
+
+def _draw_labeled(domain_config, train, seed, triage):
+    """The seeded labelled draw over the usable examples, each drawn one fully checked.
+
+    Under ``skip`` a drawn example that fails the full check is left out and
+    the draw is repeated over what remains, so the same data and seed always
+    give the same subset.
+    """
+    verified = set()
+    while True:
+        if domain_config.labeled > len(train):
+            skipped = len(triage.skipped)
+            raise ConfigError(
+                f"domain '{domain_config.name}': asked for {domain_config.labeled} labelled "
+                f"images but the training split has only {len(train)}"
+                + (f" usable ones ({skipped} broken skipped)" if skipped else "")
+            )
+        labeled, unlabeled = split_labeled(
+            train, domain_config.labeled, seed, domain_config.name, domain_config.unlabeled
+        )
+        todo = [e for e in labeled if e.key not in verified]
+        good = triage.keep(
+            todo, domain_config.train_split, decode_images=True, decode_labels=True
+        )
+        verified.update(e.key for e in good)
+        if len(good) == len(todo):
+            return labeled, unlabeled
+        bad = {e.key for e in todo} - verified
+        train = [e for e in train if e.key not in bad]
+
+
+def prepare_domain(config, index, check=True, echo=None):
+    """Lists, checks and splits domain ``config.domains[index]``; returns `DomainInputs`.
+
+    With ``check=False`` nothing is decoded: the splits are listed strictly
+    (every image must have a label) and used as they are.
+    """
+    d = config.domains[index]
+    domain = domain_registry.get_domain(d.name)
+    root = resolve_root(d, index, config.seed, echo=echo)
+    on_broken = getattr(config.data, "on_broken", "stop")
+    max_val = config.data.max_val_images
+    if not check:
         train = readers.list_examples(domain, root, d.train_split)
-        val = readers.list_examples(domain, root, d.val_split)
-        if config.data.max_val_images:
-            val = sorted(val, key=lambda e: e.key)[: config.data.max_val_images]
+        val = sorted(readers.list_examples(domain, root, d.val_split), key=lambda e: e.key)
         labeled, unlabeled = split_labeled(train, d.labeled, config.seed, d.name, d.unlabeled)
-        if check:
-            for example in labeled:
-                readers.check_example(example, domain)
-        prepared.append(DomainInputs(domain, root, d.scale, labeled, unlabeled, val))
-    return prepared
+        return DomainInputs(
+            domain, root, d.scale, labeled, unlabeled, val[:max_val] if max_val else val,
+            on_broken=on_broken,
+        )
+    triage = _Triage(domain, on_broken)
+    train = readers.list_examples(domain, root, d.train_split, require_labels=False)
+    train = triage.keep(train, d.train_split)
+    val = readers.list_examples(domain, root, d.val_split, require_labels=False)
+    val = triage.first(
+        sorted(val, key=lambda e: e.key), max_val or None, d.val_split, decode_labels=True
+    )
+    if not val:
+        raise DatasetError(
+            f"domain '{d.name}': no usable validation image in split '{d.val_split}' "
+            f"({len(triage.skipped)} broken skipped)"
+        )
+    labeled, unlabeled = _draw_labeled(d, train, config.seed, triage)
+    if triage.skipped and echo is not None:
+        echo(
+            f"[data] {d.name}: skipped {len(triage.skipped)} broken example(s) "
+            "(data.on_broken: skip; all listed in manifest.json): "
+            + checks.describe(triage.skipped, 3)
+        )
+    return DomainInputs(
+        domain, root, d.scale, labeled, unlabeled, val, skipped=triage.skipped, on_broken=on_broken
+    )
+
+
+def prepare_domains(config, check=True, echo=None):
+    """Lists, checks and splits every domain of ``config``; returns ``DomainInputs``.
+
+    Args:
+        config: an `ExperimentConfig`.
+        check: run the file checks and apply ``data.on_broken``.
+        echo: ``echo(line)`` for one-line notes (skipped examples, TFDS
+            preparation); None stays quiet.
+    """
+    return [prepare_domain(config, i, check, echo) for i in range(len(config.domains))]
 
 
 def diagnose_unreadable(domain_inputs):
@@ -79,9 +219,12 @@ def diagnose_unreadable(domain_inputs):
             paths.append(example.image)
             if example.label:
                 paths.append(example.label)
-    broken = readers.find_unreadable(sorted(set(paths)))
+    broken = checks.find_unreadable(sorted(set(paths)))
     if broken:
         listing = "; ".join(f"{path}: {reason}" for path, reason in broken[:5])
         more = f" (and {len(broken) - 5} more)" if len(broken) > 5 else ""
-        return DatasetError(f"unreadable file(s) in the dataset: {listing}{more}")
+        return DatasetError(
+            f"unreadable file(s) in the dataset: {listing}{more} (the start-up check reads "
+            "only the headers of unlabelled and validation images; remove or replace these files)"
+        )
     return None
