@@ -211,8 +211,9 @@ def evaluate_run(run_dir, split="val", domains=None, batch_size=None, prediction
     results = {}
     for index, domain_config in selected:
         domain = domain_registry.get_domain(domain_config.name)
-        root = sources.resolve_root(domain_config, index, config.seed)
-        examples = readers.list_examples(domain, root, _split_name(domain_config, split))
+        split_name = _split_name(domain_config, split)
+        root = sources.resolve_root(domain_config, index, config.seed, splits=(split_name,))
+        examples = readers.list_examples(domain, root, split_name)
         started = time.perf_counter()
         out = pathlib.Path(predictions_dir) / domain.name if predictions_dir else None
         results[domain.name] = evaluate_domain(
