@@ -17,6 +17,14 @@ class DatasetError(UsssError):
     """A dataset on disk is missing, incomplete or corrupt."""
 
 
+class ExportError(UsssError):
+    """An export target that already exists, or a model that does not fit its domains."""
+
+
+class ServingError(UsssError):
+    """A model server cannot start, or a request to one failed (names server, model, file)."""
+
+
 class UnknownDomainError(UsssError, KeyError):
     """A domain name that is not in the registry."""
 
