@@ -1,0 +1,128 @@
+"""The TF Serving API operations over a ``ModelStore``, request proto in, response proto out.
+
+``ServingApi`` is what both front ends share: the gRPC servicers hand it the
+request protos as they arrive; the REST handler builds the same protos for
+status and metadata (for predict it resolves the signature through the same
+store and runs it on the decoded JSON arrays, keeping them out of
+TensorProto). Every failure is a ``RequestError`` with the code TF Serving
+gives it:
+
+* unknown model, version or signature: NOT_FOUND;
+* missing or extra inputs, wrong dtype or shape, malformed tensors, unknown
+  ``output_filter`` names, unsupported metadata fields: INVALID_ARGUMENT;
+* errors raised inside the signature keep TensorFlow's code (bytes that are not
+  an image, mixed image sizes: INVALID_ARGUMENT).
+"""
+
+import tensorflow as tf
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    predict_pb2,
+)
+
+from usss_tf.serving.status import invalid_argument, not_found
+
+SIGNATURE_DEF_FIELD = "signature_def"
+_UNKNOWN_ERROR = 2  # tensorflow.error.Code.UNKNOWN
+
+
+def requested_version(model_spec):
+    """The version a ``ModelSpec`` asks for, or ``None`` for the newest."""
+    if model_spec.HasField("version"):
+        return int(model_spec.version.value)
+    if model_spec.version_label:
+        raise not_found(
+            f"model '{model_spec.name}' has no version label '{model_spec.version_label}'; "
+            "this server assigns no labels, ask for a version number"
+        )
+    return None
+
+
+def _input_spec(name, proto):
+    try:
+        dtype = tf.dtypes.as_dtype(proto.dtype)
+    except TypeError:
+        raise invalid_argument(f"input '{name}': TensorProto has no valid dtype ({proto.dtype})") from None
+    if proto.tensor_shape.unknown_rank:
+        raise invalid_argument(f"input '{name}': TensorProto must have a known shape")
+    return dtype, tuple(dim.size for dim in proto.tensor_shape.dim)
+
+
+def _to_array(name, proto):
+    try:
+        return tf.make_ndarray(proto)
+    except Exception as error:  # noqa: BLE001 - any malformed proto is the client's mistake
+        raise invalid_argument(
+            f"input '{name}': malformed TensorProto (values do not match its shape or dtype): {error}"
+        ) from None
+
+
+class ServingApi:
+    """Predict, GetModelMetadata and GetModelStatus on one ``ModelStore``."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def predict(self, request):
+        spec = request.model_spec
+        loaded = self.store.get(spec.name, requested_version(spec))
+        runner = loaded.runner(spec.signature_name, spec.name)
+        # Check names, dtypes and shapes on the protos before decoding any values.
+        runner.check_inputs({name: _input_spec(name, proto) for name, proto in request.inputs.items()})
+        runner.check_output_filter(request.output_filter)
+        arrays = {name: _to_array(name, proto) for name, proto in request.inputs.items()}
+        outputs = runner.run(arrays, request.output_filter)
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = spec.name
+        response.model_spec.version.value = loaded.version
+        response.model_spec.signature_name = runner.name
+        for name, array in outputs.items():
+            response.outputs[name].CopyFrom(tf.make_tensor_proto(array))
+        return response
+
+    def get_model_metadata(self, request):
+        fields = list(request.metadata_field)
+        if not fields:
+            raise invalid_argument(
+                f"GetModelMetadataRequest must name at least one metadata_field; supported: {SIGNATURE_DEF_FIELD}"
+            )
+        unsupported = sorted(set(fields) - {SIGNATURE_DEF_FIELD})
+        if unsupported:
+            raise invalid_argument(
+                f"metadata field(s) {', '.join(map(repr, unsupported))} not supported; "
+                f"supported: {SIGNATURE_DEF_FIELD}"
+            )
+        spec = request.model_spec
+        loaded = self.store.get(spec.name, requested_version(spec))
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        for name, signature_def in loaded.signature_defs.items():
+            signature_map.signature_def[name].CopyFrom(signature_def)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = spec.name
+        response.model_spec.version.value = loaded.version
+        response.metadata[SIGNATURE_DEF_FIELD].Pack(signature_map)
+        return response
+
+    def get_model_status(self, request):
+        spec = request.model_spec
+        version = requested_version(spec)
+        if version is not None:
+            entries = [(self.store.get(spec.name, version).version, None)]
+        else:
+            self.store.check_name(spec.name)
+            entries = self.store.statuses()
+            if not entries:
+                raise not_found(f"model '{spec.name}' has no versions yet under {self.store.model_base}")
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for number, error in entries:
+            status = response.model_version_status.add()
+            status.version = number
+            status.status.SetInParent()  # error_code OK, printed as such in JSON
+            if error is None:
+                status.state = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+            else:
+                status.state = get_model_status_pb2.ModelVersionStatus.END
+                status.status.error_code = _UNKNOWN_ERROR
+                status.status.error_message = error
+        return response

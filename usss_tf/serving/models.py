@@ -1,0 +1,262 @@
+"""The versions of one model on disk, loaded and kept current while the server runs.
+
+The layout is TF Serving's: ``<model_base>/<version>/saved_model.pb`` with an
+integer version. Folders whose name is not an integer (``usss-tf export``
+writes into a temporary, non-integer folder and renames it into place) and
+integer folders without ``saved_model.pb`` yet are ignored, so a half-written
+version is never loaded.
+
+Version policy (TF Serving's default, "latest"): the newest version is loaded
+at start and a poll thread loads each newer one as it appears, then unloads
+the versions it replaced. A request that names an older version still on disk
+loads it on demand (kept until the next new version arrives); a version that is
+not on disk is NOT_FOUND. A version that fails to load is reported once and left
+out (the previous one keeps serving) until its folder's content changes, e.g.
+a copy that was still in progress finishes.
+
+Like TF Serving, a version replays the warm-up requests of its
+``assets.extra/tf_serving_warmup_requests`` before it is served, so the first
+real request does not pay for graph instantiation.
+
+Each loaded version carries the signature defs read from its MetaGraphDef
+(``saved_model.pb``, tag ``serve``) -- what GetModelMetadata returns, and what
+requests are checked against -- and the concrete functions of
+``tf.saved_model.load`` that run them.
+"""
+
+import dataclasses
+import logging
+import pathlib
+import threading
+
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import prediction_log_pb2
+
+from usss_tf.errors import ServingError
+from usss_tf.serving.signatures import SignatureRunner
+from usss_tf.serving.status import not_found
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIGNATURE = "serving_default"
+WARMUP_FILE = pathlib.Path("assets.extra") / "tf_serving_warmup_requests"
+_MAX_WARMUP_REQUESTS = 1000  # TF Serving's cap
+# Signature-def entries that are not callable signatures (TF2's init op).
+_INTERNAL_PREFIX = "__"
+
+
+def read_signature_defs(export_dir, tag="serve"):
+    """{name: SignatureDef} of the MetaGraphDef tagged ``tag`` in ``export_dir/saved_model.pb``."""
+    saved_model = saved_model_pb2.SavedModel()
+    saved_model.ParseFromString((pathlib.Path(export_dir) / "saved_model.pb").read_bytes())
+    for meta_graph in saved_model.meta_graphs:
+        if tag in meta_graph.meta_info_def.tags:
+            return {name: signature for name, signature in meta_graph.signature_def.items()
+                    if not name.startswith(_INTERNAL_PREFIX)}
+    raise ServingError(f"{export_dir}: no MetaGraphDef tagged {tag!r} in saved_model.pb")
+
+
+@dataclasses.dataclass
+class LoadedVersion:
+    """One version of the model, ready to run.
+
+    Attributes:
+      version: the integer version (the folder name).
+      path: the version folder.
+      signature_defs: {name: SignatureDef} from the MetaGraphDef.
+      runners: {name: SignatureRunner}.
+      saved_model: the object ``tf.saved_model.load`` returned (owns the variables).
+    """
+
+    version: int
+    path: pathlib.Path
+    signature_defs: dict
+    runners: dict
+    saved_model: object
+
+    @classmethod
+    def load(cls, version, path):
+        signature_defs = read_signature_defs(path)
+        saved_model = tf.saved_model.load(str(path))
+        runners = {name: SignatureRunner(name, signature_defs[name], function)
+                   for name, function in saved_model.signatures.items() if name in signature_defs}
+        loaded = cls(version=version, path=pathlib.Path(path), signature_defs=signature_defs,
+                     runners=runners, saved_model=saved_model)
+        loaded.warm_up()
+        return loaded
+
+    def warm_up(self):
+        """Replays the export's warm-up Predict requests; returns how many ran.
+
+        A failing warm-up request fails the load, as in TF Serving: a version
+        that cannot answer its own examples is not served.
+        """
+        path = self.path / WARMUP_FILE
+        if not path.is_file():
+            return 0
+        count = 0
+        for record in tf.data.TFRecordDataset(str(path)).take(_MAX_WARMUP_REQUESTS):
+            entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            if entry.WhichOneof("log_type") != "predict_log":
+                continue
+            request = entry.predict_log.request
+            runner = self.runner(request.model_spec.signature_name, request.model_spec.name)
+            runner.run({name: tf.make_ndarray(proto) for name, proto in request.inputs.items()},
+                       request.output_filter)
+            count += 1
+        return count
+
+    def runner(self, signature_name, model_name):
+        """The runner of ``signature_name`` (``serving_default`` when empty); NOT_FOUND otherwise."""
+        name = signature_name or DEFAULT_SIGNATURE
+        try:
+            return self.runners[name]
+        except KeyError:
+            raise not_found(
+                f"model '{model_name}' version {self.version} has no signature '{name}'; "
+                f"it has: {', '.join(sorted(self.runners))}"
+            ) from None
+
+
+def versions_on_disk(model_base):
+    """{version: folder} of the complete integer version folders under ``model_base``."""
+    base = pathlib.Path(model_base)
+    if not base.is_dir():
+        return {}
+    return {int(path.name): path for path in base.iterdir()
+            if path.name.isdigit() and (path / "saved_model.pb").is_file()}
+
+
+def _fingerprint(path):
+    """Changes when anything under ``path`` is added, removed or rewritten."""
+    stats = [p.stat() for p in pathlib.Path(path).rglob("*")]
+    return len(stats), max((s.st_mtime_ns for s in stats), default=0), sum(s.st_size for s in stats)
+
+
+class ModelStore:
+    """The loaded versions of model ``name`` from ``model_base``, refreshed by a poll thread.
+
+    ``get`` is safe from any thread. ``refresh`` runs once on ``start`` (so the
+    newest version is loaded before the server answers) and then every
+    ``poll_seconds`` on a daemon thread until ``stop``.
+    """
+
+    def __init__(self, model_base, name="usss", poll_seconds=2.0):
+        self.model_base = pathlib.Path(model_base)
+        self.name = name
+        self.poll_seconds = float(poll_seconds)
+        self._versions = {}  # version -> LoadedVersion
+        self._latest = None  # the version requests without one get
+        self._failed = {}  # version -> (folder fingerprint, error message)
+        self._lock = threading.Lock()  # guards the three fields above
+        self._load_lock = threading.Lock()  # one load at a time (poll thread and on-demand)
+        self._stopping = threading.Event()
+        self._thread = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self):
+        self.refresh()
+        self._thread = threading.Thread(target=self._poll, name=f"{self.name}-version-poll", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=max(self.poll_seconds, 1.0) + 5.0)
+
+    def _poll(self):
+        while not self._stopping.wait(self.poll_seconds):
+            try:
+                self.refresh()
+            except Exception:  # noqa: BLE001 - the poll thread must outlive a bad folder
+                log.exception("model %r: polling %s failed", self.name, self.model_base)
+
+    # -- versions ----------------------------------------------------------
+
+    def refresh(self):
+        """Loads the newest complete version if it is new; drops versions that left the disk."""
+        on_disk = versions_on_disk(self.model_base)
+        with self._lock:
+            for version in set(self._versions) - set(on_disk):
+                log.info("model %r: version %d left %s; unloaded", self.name, version, self.model_base)
+                del self._versions[version]
+            if self._latest not in self._versions:
+                self._latest = max(self._versions, default=None)
+            candidates = [v for v, path in on_disk.items()
+                          if v not in self._failed or self._failed[v][0] != _fingerprint(path)]
+        # Newest first: when the newest fails to load, the one before it is served.
+        for version in sorted(candidates, reverse=True):
+            if self._latest is not None and version <= self._latest:
+                return None
+            loaded = self._load(version, on_disk[version])
+            if loaded is not None:
+                break
+        else:
+            return None
+        with self._lock:
+            # The latest policy: a new version replaces the ones before it.
+            self._versions = {v: lv for v, lv in self._versions.items() if v > version}
+            self._versions[version] = loaded
+            self._latest = max(self._versions)
+        log.info("model %r: serving version %d from %s", self.name, version, loaded.path)
+        return version
+
+    def _load(self, version, path):
+        with self._load_lock:
+            with self._lock:
+                if version in self._versions:
+                    return self._versions[version]
+            try:
+                loaded = LoadedVersion.load(version, path)
+            except Exception as error:  # noqa: BLE001 - a broken export must not stop the server
+                message = f"{path}: cannot load: {type(error).__name__}: {error}".splitlines()[0]
+                with self._lock:
+                    self._failed[version] = (_fingerprint(path), message)
+                log.error("model %r: version %d %s", self.name, version, message)
+                return None
+            with self._lock:
+                self._failed.pop(version, None)
+            return loaded
+
+    def check_name(self, model_name):
+        """NOT_FOUND unless ``model_name`` is the model this store holds."""
+        if model_name != self.name:
+            raise not_found(f"model '{model_name}' not found; this server serves '{self.name}'")
+
+    def get(self, model_name, version=None):
+        """The ``LoadedVersion`` a request for ``model_name`` (and ``version``) gets; NOT_FOUND otherwise."""
+        self.check_name(model_name)
+        with self._lock:
+            if version is None:
+                if self._latest is None:
+                    raise not_found(
+                        f"model '{self.name}' has no version loaded yet; "
+                        f"waiting for an integer version folder under {self.model_base}"
+                    )
+                return self._versions[self._latest]
+            if version in self._versions:
+                return self._versions[version]
+            failed_fingerprint, failed = self._failed.get(version, (None, None))
+        on_disk = versions_on_disk(self.model_base)
+        if version not in on_disk:
+            listing = ", ".join(map(str, sorted(on_disk))) or "none"
+            raise not_found(f"model '{self.name}' has no version {version} (versions on disk: {listing})")
+        if failed and failed_fingerprint == _fingerprint(on_disk[version]):
+            raise not_found(f"model '{self.name}' has no version {version} ({failed})")
+        loaded = self._load(version, on_disk[version])
+        if loaded is None:
+            raise not_found(f"model '{self.name}' has no version {version} ({self._failed[version][1]})")
+        with self._lock:
+            self._versions.setdefault(version, loaded)
+        log.info("model %r: loaded version %d on request", self.name, version)
+        return loaded
+
+    def statuses(self):
+        """[(version, error message or None)] of the loaded and the failed versions, newest first."""
+        with self._lock:
+            entries = {v: None for v in self._versions}
+            entries.update({v: message for v, (_, message) in self._failed.items() if v not in entries})
+        return sorted(entries.items(), reverse=True)

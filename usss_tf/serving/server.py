@@ -1,0 +1,153 @@
+"""The embedded model server behind ``usss-tf serve``: TF Serving's gRPC and REST APIs.
+
+``ModelServer`` ties together a ``ModelStore`` (the model's versions under
+``model_base``, watched for new ones), the gRPC services on the official
+``tensorflow_serving.apis`` stubs and the REST API, both answering from a
+thread pool. It binds loopback by default: there is no authentication, so
+listening on other interfaces is an explicit ``--host`` choice.
+
+Message size: gRPC refuses a request (or a reply) larger than
+``max_message_mb`` itself, before any of our code runs, with
+RESOURCE_EXHAUSTED -- the status TF Serving's own server gives for the same
+case. The REST API answers an oversize body with HTTP 413. The limit applies to
+replies too, so keep it above the largest answer a client asks for (the
+``probabilities`` of a batch are 4 bytes x pixels x classes; clients that only
+need the class ids send ``output_filter: ["class_ids"]``).
+
+``serve`` runs a server until SIGTERM or SIGINT, then stops it gracefully
+(in-flight requests finish, new ones are refused) and returns.
+"""
+
+import concurrent.futures
+import logging
+import signal
+import threading
+
+import grpc
+
+from usss_tf.errors import ServingError
+from usss_tf.serving.api import ServingApi
+from usss_tf.serving.grpc_service import add_services
+from usss_tf.serving.models import ModelStore
+from usss_tf.serving.rest import RestServer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_MESSAGE_MB = 64
+DEFAULT_POLL_SECONDS = 2.0
+
+
+def _host_port(host, port):
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class ModelServer:
+    """One model served over gRPC (``port``) and REST (``rest_port``; ``None`` turns it off).
+
+    Port 0 picks a free port; ``grpc_port`` / ``rest_port`` hold the bound
+    ones after ``start``. Usable as a context manager.
+    """
+
+    def __init__(self, model_base, model_name="usss", host="127.0.0.1", port=8500, rest_port=8501,
+                 max_message_mb=DEFAULT_MAX_MESSAGE_MB, poll_seconds=DEFAULT_POLL_SECONDS, max_workers=8):
+        self.store = ModelStore(model_base, model_name, poll_seconds=poll_seconds)
+        self.api = ServingApi(self.store)
+        self.host = host
+        self.grpc_port = port
+        self.rest_port = rest_port
+        self.max_message_bytes = int(max_message_mb * 1024 * 1024)
+        self.max_workers = max_workers
+        self._grpc = None
+        self._rest = None
+        self._rest_thread = None
+
+    @property
+    def grpc_address(self):
+        return _host_port(self.host, self.grpc_port)
+
+    @property
+    def rest_address(self):
+        return None if self.rest_port is None else f"http://{_host_port(self.host, self.rest_port)}"
+
+    def start(self):
+        self.store.start()
+        try:
+            self._start_grpc()
+            if self.rest_port is not None:
+                self._start_rest()
+        except BaseException:
+            self.stop(grace=0)
+            raise
+        return self
+
+    def _start_grpc(self):
+        options = [
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            # Without this, a second server on a busy port binds "successfully" on Linux.
+            ("grpc.so_reuseport", 0),
+        ]
+        executor = concurrent.futures.ThreadPoolExecutor(self.max_workers, thread_name_prefix="grpc")
+        self._grpc = grpc.server(executor, options=options)
+        add_services(self._grpc, self.api)
+        try:
+            self.grpc_port = self._grpc.add_insecure_port(_host_port(self.host, self.grpc_port))
+        except RuntimeError as error:
+            raise ServingError(f"gRPC cannot listen on {self.grpc_address} (port in use?): {error}") from None
+        self._grpc.start()
+
+    def _start_rest(self):
+        try:
+            self._rest = RestServer(self.api, self.host, self.rest_port, self.max_message_bytes)
+        except OSError as error:
+            raise ServingError(f"REST cannot listen on {self.rest_address}: {error.strerror or error}") from None
+        self.rest_port = self._rest.server_address[1]
+        self._rest_thread = threading.Thread(target=self._rest.serve_forever, name="rest", daemon=True)
+        self._rest_thread.start()
+
+    def stop(self, grace=5.0):
+        """Stops taking requests, lets in-flight ones finish for up to ``grace`` seconds."""
+        if self._grpc is not None:
+            self._grpc.stop(grace).wait()
+            self._grpc = None
+        if self._rest is not None:
+            self._rest.shutdown()
+            self._rest.server_close()
+            self._rest = None
+        self.store.stop()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+
+def serve(server, echo=print, grace=5.0):
+    """Starts ``server``, prints its addresses, serves until SIGTERM/SIGINT, stops it gracefully.
+
+    Call from the main thread (signal handlers can only be set there).
+    """
+    stopping = threading.Event()
+    received = []
+
+    def on_signal(number, _frame):
+        received.append(signal.Signals(number).name)
+        stopping.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.start()
+        loaded = [str(version) for version, error in server.store.statuses() if error is None]
+        echo(f"model '{server.store.name}' from {server.store.model_base}: "
+             f"version {', '.join(loaded) if loaded else 'none yet (waiting for one)'}")
+        echo(f"gRPC listening on {server.grpc_address}")
+        if server.rest_address:
+            echo(f"REST listening on {server.rest_address}/v1/models/{server.store.name}")
+        while not stopping.wait(0.5):  # a timed wait lets the signal handler run promptly
+            pass
+        echo(f"{received[0]} received; shutting down")
+    finally:
+        server.stop(grace)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
