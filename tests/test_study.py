@@ -1,0 +1,64 @@
+"""``usss-tf study``: a grid of runs, resumable, summarised as CSV, Markdown and a chart."""
+
+import csv
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from conftest import TINY_RUN
+from usss_tf import study
+from usss_tf.cli import main
+from usss_tf.data import synthetic
+from usss_tf.errors import ConfigError
+
+
+def _grid(tmp_path, **changes):
+    roots = synthetic.write_synthetic_domains(
+        tmp_path / "data", ("synth_city", "synth_camvid"), num_train=6, num_val=2, size=(32, 64)
+    )
+    base = {**TINY_RUN, "domains": [{"name": n, "root": str(r)} for n, r in roots.items()]}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    grid = {"name": "tiny_study", "base": "base.yaml",
+            "set": {"train.pretrain_steps": 2, "train.steps": 0, "train.checkpoint_every": 2},
+            "methods": ["univ_basic"], "labeled": [2], "seeds": [0, 1], **changes}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    return path
+
+
+def test_summary_is_mean_and_sample_std_over_seeds():
+    rows = [{"domain": "a", "method": "m", "labeled": 5, "miou": v} for v in (0.2, 0.4, 0.6)]
+    mean, std, count = study.summarize(rows)["a"]["m"][5]
+    assert mean == pytest.approx(0.4) and std == pytest.approx(0.2) and count == 3
+
+
+@pytest.mark.slow
+def test_study_runs_every_cell_and_resumes(tmp_path):
+    path = _grid(tmp_path)
+    out = tmp_path / "study"
+    result = CliRunner().invoke(main, ["study", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    with open(out / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2 * 2  # 2 seeds x 2 domains
+    assert {r["seed"] for r in rows} == {"0", "1"}
+    assert all(0.0 <= float(r["miou"]) <= 1.0 for r in rows)
+    markdown = (out / "results.md").read_text()
+    assert "## synth_city" in markdown and "| univ_basic |" in markdown and "(n=2)" in markdown
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "univ_basic" / "n2" / "seed1" / "evaluation.json").exists()
+
+    again = CliRunner().invoke(main, ["study", str(path), "--out", str(out)])
+    assert again.exit_code == 0 and again.output.count("done, skipping") == 2
+
+
+def test_grid_errors_name_the_file_and_key(tmp_path):
+    with pytest.raises(ConfigError, match="grid.yaml.*'methods'.*'magic'"):
+        study.load_grid(_grid(tmp_path, methods=["magic"]))
+    with pytest.raises(ConfigError, match="grid.yaml.*'seeds'"):
+        study.load_grid(_grid(tmp_path, seeds=["one"]))
+    with pytest.raises(ConfigError, match="unknown key.*colour"):
+        study.load_grid(_grid(tmp_path, colour="red"))
+    with pytest.raises(ConfigError, match="tiny_study.*train.nonsense"):
+        study.load_grid(_grid(tmp_path, set={"train.nonsense": 1}))

@@ -1,0 +1,302 @@
+"""A study: methods x labelled-set sizes x seeds, run, evaluated and summarised.
+
+A grid file names a base experiment config and the axes to sweep::
+
+    name: synthetic_study
+    base: ../pipelines/quickstart.yaml   # relative to the grid file
+    set:                                 # overrides for every run (dotted keys)
+      train.pretrain_steps: 150
+    methods: [supervised, finetune, univ_basic, univ_full]
+    labeled: [5, 10, 20]                 # N labelled images per domain
+    seeds: [0, 1, 2]
+
+Every cell is an ordinary run directory, ``<out>/<method>/n<N>/seed<S>/``, so a
+study is resumed by running it again: finished runs are read back, an
+interrupted one resumes from its checkpoint. After every run the study
+rewrites ``results.csv`` (one row per run and domain), ``results.md``
+(mean +- std of mIoU per method and N) and ``results.png`` (mIoU against N
+per domain, one line per method).
+"""
+
+import csv
+import dataclasses
+import json
+import math
+import pathlib
+import time
+
+import yaml
+
+from usss_tf import config as config_lib
+from usss_tf.errors import ConfigError
+
+_GRID_KEYS = {"name", "base", "set", "methods", "labeled", "seeds", "out"}
+CSV_FIELDS = ("method", "labeled", "seed", "domain", "miou", "pixel_accuracy", "num_images",
+              "seconds", "run_dir")
+
+
+@dataclasses.dataclass
+class Grid:
+    """A parsed grid file."""
+
+    name: str
+    base: pathlib.Path
+    overrides: dict
+    methods: list
+    labeled: list
+    seeds: list
+    out: pathlib.Path
+
+    def cells(self):
+        # Seeds outermost: a study stopped early still has every method and N.
+        for seed in self.seeds:
+            for n in self.labeled:
+                for method in self.methods:
+                    yield method, n, seed
+
+    def run_dir(self, method, n, seed):
+        return self.out / method / f"n{n}" / f"seed{seed}"
+
+    def config(self, method, n, seed):
+        """The experiment config of one cell: base + overrides + the cell's values."""
+        overrides = [f"{k}={_yaml_value(v)}" for k, v in self.overrides.items()]
+        overrides += [f"method={method}", f"seed={seed}", f"name={self.name}-{method}-n{n}-s{seed}"]
+        base = config_lib.load_config(self.base)
+        overrides += [f"domains.{i}.labeled={n}" for i in range(len(base.domains))]
+        try:
+            return config_lib.load_config(self.base, overrides)
+        except ConfigError as error:
+            raise ConfigError(f"grid {self.name!r}, cell {method}/n{n}/seed{seed}: {error}") from None
+
+
+def _yaml_value(value):
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _int_list(raw, key, path, minimum):
+    values = raw if isinstance(raw, list) else [raw]
+    if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+                             for v in values):
+        raise ConfigError(f"{path}: key '{key}' must be a list of integers >= {minimum}, got {raw!r}")
+    return values
+
+
+def load_grid(path, out=None):
+    """Reads and validates a grid file; errors name the file and key."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConfigError(f"grid file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of grid keys")
+    unknown = sorted(set(raw) - _GRID_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; expected {', '.join(sorted(_GRID_KEYS))}")
+    if "base" not in raw:
+        raise ConfigError(f"{path}: key 'base' (the experiment config to sweep) is required")
+    base = (path.parent / str(raw["base"])).resolve()
+    if not base.is_file():
+        raise ConfigError(f"{path}: key 'base': config not found: {base}")
+    methods = raw.get("methods", list(config_lib.METHODS))
+    if not isinstance(methods, list) or not methods:
+        raise ConfigError(f"{path}: key 'methods' must be a non-empty list")
+    for method in methods:
+        if method not in config_lib.METHODS:
+            raise ConfigError(f"{path}: key 'methods': unknown method {method!r}; "
+                              f"expected some of {', '.join(config_lib.METHODS)}")
+    overrides = raw.get("set") or {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{path}: key 'set' must be a mapping of dotted config keys to values")
+    name = str(raw.get("name", path.stem))
+    grid = Grid(
+        name=name,
+        base=base,
+        overrides=overrides,
+        methods=methods,
+        labeled=_int_list(raw.get("labeled", [10]), "labeled", path, 1),
+        seeds=_int_list(raw.get("seeds", [0]), "seeds", path, 0),
+        out=pathlib.Path(out or raw.get("out") or pathlib.Path("runs") / name),
+    )
+    for method in grid.methods:  # Validates every override before hours of training.
+        grid.config(method, grid.labeled[0], grid.seeds[0])
+    return grid
+
+
+def run_study(grid, devices=None, echo=print, jobs=1, shard=None, grid_path=None):
+    """Runs every cell not finished yet; returns the result rows.
+
+    ``jobs > 1`` runs the cells in that many worker processes (each takes every
+    ``jobs``-th cell): small models leave cores idle, and separate processes
+    keep one run's failure or memory from touching another. ``shard=(i, n)``
+    is what such a worker runs.
+    """
+    grid.out.mkdir(parents=True, exist_ok=True)
+    if jobs > 1:
+        return _run_workers(grid, grid_path, jobs, devices, echo)
+    from usss_tf import evaluate as evaluate_lib
+    from usss_tf import train as train_lib
+
+    cells = list(grid.cells())
+    for index, (method, n, seed) in enumerate(cells, 1):
+        if shard and (index - 1) % shard[1] != shard[0]:
+            continue
+        run_dir = grid.run_dir(method, n, seed)
+        figures_path = run_dir / "evaluation.json"
+        if figures_path.exists():
+            echo(f"[study {index}/{len(cells)}] {method} N={n} seed={seed}: done, skipping")
+            continue
+        echo(f"[study {index}/{len(cells)}] {method} N={n} seed={seed} -> {run_dir}")
+        started = time.perf_counter()
+        train_lib.run_experiment(grid.config(method, n, seed), run_dir, devices=devices, echo=echo)
+        figures = evaluate_lib.evaluate_run(run_dir)
+        seconds = round(time.perf_counter() - started, 1)
+        evaluate_lib.write_results({"seconds": seconds, "domains": figures}, figures_path)
+        _clear_session()
+        if shard is None:
+            write_reports(grid, collect_rows(grid))
+    rows = collect_rows(grid)
+    if shard is None:
+        write_reports(grid, rows)
+    return rows
+
+
+def _run_workers(grid, grid_path, jobs, devices, echo):
+    import subprocess
+    import sys
+
+    if grid_path is None:
+        raise ConfigError("study: jobs > 1 needs the grid file's path")
+    # Data written on first use is written once, here, not raced by the workers.
+    from usss_tf.data import sources
+
+    first = grid.config(*next(grid.cells()))
+    for index, domain in enumerate(first.domains):
+        sources.resolve_root(domain, index, first.seed)
+    if isinstance(devices, (list, tuple)):
+        devices = ",".join(devices)
+    logs, workers = [], []
+    for worker in range(jobs):
+        log = open(grid.out / f"worker{worker}.log", "a")
+        command = [sys.executable, "-m", "usss_tf.cli", "study", str(grid_path), "--out", str(grid.out),
+                   "--shard", f"{worker}/{jobs}"]
+        if devices is not None:
+            command += ["--devices", str(devices)]
+        workers.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))
+        logs.append(log)
+    echo(f"{jobs} workers started; logs in {grid.out}/worker*.log")
+    failed = [i for i, w in enumerate(workers) if w.wait() != 0]
+    for log in logs:
+        log.close()
+    rows = collect_rows(grid)
+    write_reports(grid, rows)
+    if failed:
+        raise ConfigError(f"study: worker(s) {failed} failed; see {grid.out}/worker<i>.log "
+                          "(re-running the study resumes)")
+    return rows
+
+
+def _clear_session():
+    import keras
+
+    keras.utils.clear_session(free_memory=True)
+
+
+def collect_rows(grid):
+    """One row per finished run and domain, from each run's ``evaluation.json``."""
+    rows = []
+    for method, n, seed in grid.cells():
+        run_dir = grid.run_dir(method, n, seed)
+        path = run_dir / "evaluation.json"
+        if not path.exists():
+            continue
+        result = json.loads(path.read_text())
+        for domain, r in result["domains"].items():
+            rows.append({
+                "method": method, "labeled": n, "seed": seed, "domain": domain,
+                "miou": r["miou"], "pixel_accuracy": r["pixel_accuracy"],
+                "num_images": r["num_images"], "seconds": result["seconds"], "run_dir": str(run_dir),
+            })
+    return rows
+
+
+def summarize(rows):
+    """{domain: {method: {N: (mean, std, count)}}} of mIoU (std over seeds, ddof=1)."""
+    cells = {}
+    for row in rows:
+        cells.setdefault(row["domain"], {}).setdefault(row["method"], {}) \
+             .setdefault(row["labeled"], []).append(row["miou"])
+    table = {}
+    for domain, methods in cells.items():
+        for method, by_n in methods.items():
+            for n, values in by_n.items():
+                mean = sum(values) / len(values)
+                std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) \
+                    if len(values) > 1 else 0.0
+                table.setdefault(domain, {}).setdefault(method, {})[n] = (mean, std, len(values))
+    return table
+
+
+def format_markdown(grid, rows):
+    table = summarize(rows)
+    lines = [f"# {grid.name}", "",
+             f"mIoU (%) on the full validation split, mean ± std over seeds {grid.seeds} "
+             f"(n = runs finished per cell).", ""]
+    for domain, methods in table.items():
+        lines += [f"## {domain}", "",
+                  "| method | " + " | ".join(f"N = {n}" for n in grid.labeled) + " |",
+                  "|---|" + "---:|" * len(grid.labeled)]
+        for method in grid.methods:
+            cells = []
+            for n in grid.labeled:
+                value = methods.get(method, {}).get(n)
+                cells.append("—" if value is None else
+                             f"{100 * value[0]:.1f} ± {100 * value[1]:.1f} (n={value[2]})")
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_chart(grid, rows, path):
+    """mIoU against N, one panel per domain, one line (with std bars) per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    table = summarize(rows)
+    if not table:
+        return
+    figure, axes = pyplot.subplots(1, len(table), figsize=(5 * len(table), 4), squeeze=False)
+    for axis, (domain, methods) in zip(axes[0], table.items()):
+        for method in grid.methods:
+            points = sorted(methods.get(method, {}).items())
+            if not points:
+                continue
+            axis.errorbar([n for n, _ in points], [100 * v[0] for _, v in points],
+                          yerr=[100 * v[1] for _, v in points], marker="o", capsize=3, label=method)
+        axis.set_title(domain)
+        axis.set_xlabel("labelled images per domain (N)")
+        axis.set_ylabel("mIoU (%)")
+        axis.set_xticks(grid.labeled)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.suptitle(grid.name)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
+
+
+def write_reports(grid, rows):
+    """``results.csv``, ``results.md`` and ``results.png`` in the study folder."""
+    out = grid.out
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "results.csv.tmp", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "results.csv.tmp").replace(out / "results.csv")
+    (out / "results.md").write_text(format_markdown(grid, rows))
+    write_chart(grid, rows, out / "results.png")
