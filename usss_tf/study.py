@@ -252,8 +252,12 @@ def format_markdown(grid, rows):
             cells = []
             for n in grid.labeled:
                 value = methods.get(method, {}).get(n)
-                cells.append("—" if value is None else
-                             f"{100 * value[0]:.1f} ± {100 * value[1]:.1f} (n={value[2]})")
+                if value is None:
+                    cells.append("—")
+                elif value[2] == 1:  # No spread from a single run.
+                    cells.append(f"{100 * value[0]:.1f} (n=1)")
+                else:
+                    cells.append(f"{100 * value[0]:.1f} ± {100 * value[1]:.1f} (n={value[2]})")
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
