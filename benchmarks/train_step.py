@@ -3,7 +3,11 @@
     python benchmarks/train_step.py --backbone erfnet --batch 4 --size 128x256
 
 Images per step = domains x (labelled + unlabelled batch). The first call
-(tracing + graph optimisation) is reported apart as ``compile_seconds``.
+(tracing + graph optimisation) is reported apart as ``compile_seconds``; the
+steady state is the median of the following calls, each synchronised on the
+loss so no call returns before its step has run. The batch is a constant in
+memory: this is the model's speed, without the input pipeline
+(``input_pipeline.py`` measures that one).
 """
 
 import argparse
@@ -18,71 +22,101 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from usss_tf import precision as precision_lib  # noqa: E402
 from usss_tf.model.segmenter import UniversalSegmenter  # noqa: E402
 
+DOMAINS = {"synth_city": 10, "synth_camvid": 7}
 FULL = {"supervised": 1, "within_entropy": 0.1, "cross_entropy": 0.1, "embedding_supervision": 1}
 
 
-def measure(backbone, batch, size, width=1.0, steps=10, supervised_only=False):
+def make_step(backbone, width=1.0, supervised_only=False, precision="float32", domains=DOMAINS):
+    """A compiled model and its train step as a ``tf.function`` (not yet traced)."""
     keras.utils.set_random_seed(0)
-    domains = {"synth_city": 10, "synth_camvid": 7}
-    model = UniversalSegmenter(domains, backbone=backbone, width=width)
+    with precision_lib.dtype_policy(precision):
+        model = UniversalSegmenter(domains, backbone=backbone, width=width)
     model.build()
     model.compile(optimizer=keras.optimizers.AdamW(1e-3),
                   loss_weights={"supervised": 1} if supervised_only else FULL)
+    return model, tf.function(model.train_step)
+
+
+def synthetic_batch(batch, size, supervised_only=False, domains=DOMAINS):
+    """One step's input for every domain, as constant tensors."""
     rng = np.random.default_rng(0)
-    data = {
-        d: {
+    data = {}
+    for name, num_classes in domains.items():
+        data[name] = {
             "images": tf.constant(rng.uniform(0, 255, (batch, *size, 3)), tf.float32),
-            "labels": tf.constant(rng.integers(0, c, (batch, *size)), tf.int32),
-            "unlabeled": tf.constant(rng.uniform(0, 255, (batch, *size, 3)), tf.float32),
+            "labels": tf.constant(rng.integers(0, num_classes, (batch, *size)), tf.int32),
         }
-        for d, c in domains.items()
-    }
-    step = tf.function(model.train_step)
+        if not supervised_only:
+            data[name]["unlabeled"] = tf.constant(rng.uniform(0, 255, (batch, *size, 3)), tf.float32)
+    return data
+
+
+def time_steps(step, batches, steps):
+    """(first call seconds, per-step seconds of the next ``steps`` calls); ``batches`` yields inputs."""
+    batches = iter(batches)
     start = time.perf_counter()
-    float(step(data)["loss"])
-    compile_seconds = time.perf_counter() - start
+    float(step(next(batches))["loss"])
+    first = time.perf_counter() - start
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        float(step(data)["loss"])
+        float(step(next(batches))["loss"])
         times.append(time.perf_counter() - start)
-    images = len(domains) * batch * (1 if supervised_only else 2)
+    return first, times
+
+
+def measure(backbone, batch, size, width=1.0, steps=10, supervised_only=False, precision="float32"):
+    model, step = make_step(backbone, width, supervised_only, precision)
+    data = synthetic_batch(batch, size, supervised_only)
+    compile_seconds, times = time_steps(step, iter(lambda: data, None), steps)
+    images = len(DOMAINS) * batch * (1 if supervised_only else 2)
     median = float(np.median(times))
     return {
         "backbone": backbone, "width": width, "batch_per_stream": batch, "size": list(size),
-        "losses": "supervised" if supervised_only else "all",
+        "losses": "supervised" if supervised_only else "all", "precision": precision,
         "parameters": int(model.count_params()), "images_per_step": images,
         "compile_seconds": round(compile_seconds, 2), "step_seconds_median": round(median, 4),
+        "step_seconds_min": round(float(np.min(times)), 4),
         "images_per_second": round(images / median, 2), "steps": steps,
     }
 
 
+def machine():
+    return f"{platform.machine()}, {os.cpu_count()} cpus, {len(tf.config.list_physical_devices('GPU'))} gpus"
+
+
+def write_report(report, out=None):
+    text = json.dumps(report, indent=2)
+    print(text)
+    if out:
+        with open(out, "w") as f:
+            f.write(text + "\n")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", action="append", default=None)
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--backbone", action="append", default=None,
+                        help="repeatable; default erfnet and drn_d_22")
+    parser.add_argument("--batch", type=int, default=4, help="images per stream per domain")
     parser.add_argument("--size", default="128x256")
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--supervised-only", action="store_true")
+    parser.add_argument("--precision", default="float32", choices=precision_lib.POLICIES)
     parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
     results = [
-        measure(b, args.batch, size, args.width, args.steps, args.supervised_only)
+        measure(b, args.batch, size, args.width, args.steps, args.supervised_only, args.precision)
         for b in (args.backbone or ["erfnet", "drn_d_22"])
     ]
-    report = {
-        "benchmark": "train_step", "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
+    write_report({
+        "benchmark": "train_step", "machine": machine(),
         "tensorflow": tf.__version__, "keras": keras.__version__, "results": results,
-    }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    }, args.out)
 
 
 if __name__ == "__main__":

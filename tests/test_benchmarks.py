@@ -5,6 +5,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -19,3 +21,49 @@ def test_train_step_benchmark_smoke(tmp_path):
     (result,) = report["results"]
     assert result["backbone"] == "erfnet" and result["images_per_step"] == 4
     assert result["step_seconds_median"] > 0
+    assert result["compile_seconds"] > 0 and result["precision"] == "float32"
+
+
+def test_input_pipeline_benchmark_smoke(tmp_path):
+    out = tmp_path / "pipeline.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "input_pipeline.py"), "--image-size", "32x64",
+         "--images", "4", "--crop", "32x64", "--batch", "1", "--steps", "2", "--width", "0.125",
+         "--train-steps", "2", "--out", str(out)],
+        check=True, capture_output=True, timeout=600,
+    )
+    report = json.loads(out.read_text())
+    assert report["pipeline"]["images_per_step"] == 4  # 2 domains x (1 labelled + 1 unlabelled)
+    assert report["pipeline"]["images_per_second"] > 0
+    assert report["train_step"]["source"] == "measured" and report["train_step"]["images_per_second"] > 0
+    assert report["fed"]["images_per_second"] > 0 and 0 <= report["fed"]["input_stall"] <= 1
+    assert report["ratio"] > 0
+
+
+def test_inference_benchmark_smoke(tmp_path):
+    out = tmp_path / "inference.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "inference.py"), "--smoke", "--out", str(out)],
+        check=True, capture_output=True, timeout=600,
+    )
+    report = json.loads(out.read_text())
+    assert report["model"]["signature"] == "segment_synth_city_tensor"
+    measured = {(r["runtime"], tuple(r["size"]), r["batch"]) for r in report["results"]}
+    assert measured == {(runtime, (32, 64), batch)
+                        for runtime in ("saved_model", "keras_in_process") for batch in (1, 2)}
+    assert all(r["ms_per_image"] > 0 for r in report["results"])
+
+
+@pytest.mark.slow
+def test_serve_benchmark_smoke(tmp_path):
+    out = tmp_path / "serve.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "serve.py"), "--smoke", "--out", str(out)],
+        check=True, capture_output=True, timeout=600,
+    )
+    report = json.loads(out.read_text())
+    assert report["size"] == [32, 64] and "untrained" in report["model"]["source"]
+    measured = {(r["path"], r["batch"], r["clients"]) for r in report["results"]}
+    assert measured == {(path, batch, clients) for path in ("in_process", "grpc")
+                        for batch in (1, 8) for clients in (1, 4)}
+    assert all(r["latency_ms_p50"] > 0 and r["requests_per_second"] > 0 for r in report["results"])

@@ -19,6 +19,7 @@ A run directory holds everything a run needs to be resumed and audited::
     checkpoints/<stage>/   tf.train.CheckpointManager checkpoints (model + optimizer)
     centroids.json   the centroid stage's report (pixels per class, missing classes)
     tensorboard/{train,validation}/   event files
+    tensorboard/     hparams, label-centroid projector (usss_tf.monitoring, usss_tf.projector)
     metrics.json     the final validation figures per domain
 
 Re-running ``train`` on the same directory skips finished stages and resumes
@@ -43,10 +44,12 @@ from usss_tf.callbacks import TrainingLogger
 from usss_tf.data import pipeline, sources
 from usss_tf.errors import ConfigError
 from usss_tf.model.segmenter import UniversalSegmenter
+from usss_tf.monitoring import RunMonitor
 
 STAGES = ("pretrain", "centroids", "universal", "source", "target")
 # Keys that may change when a run is resumed: they do not change the result.
-_RESUMABLE_KEYS = {"train.verbose", "train.log_every", "train.checkpoint_every", "train.eval_every"}
+_RESUMABLE_KEYS = {"train.verbose", "train.log_every", "train.checkpoint_every", "train.eval_every",
+                   "train.image_every", "train.panel_images"}
 
 
 def _write_json(path, payload):
@@ -103,7 +106,9 @@ def _make_optimizer(train_config, steps):
         end_learning_rate=train_config.learning_rate * 1e-2, power=train_config.poly_power,
     )
     if train_config.optimizer == "sgd":
-        return keras.optimizers.SGD(schedule, momentum=train_config.momentum)
+        return keras.optimizers.SGD(
+            schedule, momentum=train_config.momentum, weight_decay=train_config.weight_decay or None
+        )
     return keras.optimizers.AdamW(schedule, weight_decay=train_config.weight_decay)
 
 
@@ -118,6 +123,9 @@ class Experiment:
         self.strategy = None
         self.model = None
         self.inputs = None
+        self.monitor = None  # usss_tf.monitoring.RunMonitor, made by setup().
+        self.confusions = {}  # domain -> confusion matrix of the latest evaluate().
+        self._test_functions = {}  # domain -> Keras test function, kept across compiles.
 
     # -- run directory --------------------------------------------------------------
 
@@ -178,6 +186,11 @@ class Experiment:
         })
         self.train_writer = tf.summary.create_file_writer(str(self.run_dir / "tensorboard" / "train"))
         self.val_writer = tf.summary.create_file_writer(str(self.run_dir / "tensorboard" / "validation"))
+        self.monitor = RunMonitor(
+            self.run_dir / "tensorboard", self.inputs, cfg, self.val_writer,
+            has_centroids=lambda: "centroids" in self._stages_done(),
+        )
+        self.monitor.write_hparams()
 
     # -- stages ---------------------------------------------------------------------
 
@@ -271,8 +284,10 @@ class Experiment:
         with self.strategy.scope():
             optimizer = _make_optimizer(cfg.train, steps)
             self.model.compile(optimizer=optimizer, loss_weights=_stage_loss_weights(cfg, stage))
-            optimizer.build(self.model.trainable_variables)
-        checkpoint = tf.train.Checkpoint(model=self.model, optimizer=optimizer)
+            # model.optimizer, not optimizer: under mixed_float16 compile wraps it
+            # in a LossScaleOptimizer, whose loss scale is checkpointed too.
+            self.model.optimizer.build(self.model.trainable_variables)
+        checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer)
         manager = tf.train.CheckpointManager(checkpoint, str(directory), max_to_keep=2)
         if manager.latest_checkpoint:
             checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
@@ -318,6 +333,7 @@ class Experiment:
             self.echo(f"[{stage}] step {step}/{steps}: " + ", ".join(
                 f"mIoU {d} {r['miou']:.3f}" for d, r in results.items()
             ))
+        self.monitor.on_step(self.model, step, offset + step)
 
     def _fit(self, dataset, num_steps, callbacks):
         try:
@@ -361,6 +377,7 @@ class Experiment:
         started = time.perf_counter()
         report = self._fit_centroids(refit_projection=True)
         _write_json(self.run_dir / "centroids.json", report)
+        self.monitor.write_projector(self.model, self.config.train.pretrain_steps)
         manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=self.model), str(directory), 1)
         path = manager.save(checkpoint_number=0)
         self._mark_done("centroids", seconds=round(time.perf_counter() - started, 2))
@@ -384,8 +401,13 @@ class Experiment:
             dataset = pipeline.eval_dataset(
                 inputs.domain, inputs.val, inputs.scale, self.config.data.eval_batch_size
             )
+            # One Keras test function per domain (its input structure), kept across
+            # the compile of each stage: no re-tracing at every validation.
+            self.model.test_function = self._test_functions.get(name)
             self.model.evaluate(dataset, verbose=0)
+            self._test_functions[name] = self.model.test_function
             confusion = np.asarray(self.model.confusion(name).matrix).astype(np.int64)
+            self.confusions[name] = confusion
             summary = metrics_lib.summarize(confusion, list(inputs.domain.class_names))
             summary["num_images"] = len(inputs.val)
             results[name] = summary
@@ -400,6 +422,7 @@ class Experiment:
                     if iou is not None:
                         tf.summary.scalar(f"iou/{domain}/{name}", iou)
         self.val_writer.flush()
+        self.monitor.on_validation(self.model, results, self.confusions, global_step)
 
 
 class _StageBoundaries(keras.callbacks.Callback):

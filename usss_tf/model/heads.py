@@ -1,4 +1,11 @@
-"""Heads on top of the shared encoder: per-domain decoders and the entropy module."""
+"""Heads on top of the shared encoder: per-domain decoders and the entropy module.
+
+Under a mixed-precision policy (``usss_tf.precision``) the 1x1 convolutions
+compute in float16/bfloat16, but what leaves a head is float32: the class
+logits, the unit embeddings (normalised in float32) and the centroid
+similarities (``LabelCentroids`` always runs in float32), so softmax, losses
+and entropies never see a half-precision value.
+"""
 
 import keras
 import numpy as np
@@ -23,7 +30,7 @@ class DomainDecoder(keras.layers.Layer):
         self.classifier.build(input_shape)
 
     def call(self, features):
-        return self.classifier(features)
+        return ops.cast(self.classifier(features), "float32")
 
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes}
@@ -46,7 +53,8 @@ class EmbeddingHead(keras.layers.Layer):
         self.projection.build(input_shape)
 
     def call(self, features):
-        return ops.normalize(self.projection(features), axis=-1, order=2, epsilon=1e-6)
+        projected = ops.cast(self.projection(features), "float32")
+        return ops.normalize(projected, axis=-1, order=2, epsilon=1e-6)
 
     def set_projection(self, kernel, bias):
         """Sets the projection to ``x @ kernel + bias`` (kernel [F, dim], bias [dim])."""
@@ -63,10 +71,13 @@ class LabelCentroids(keras.layers.Layer):
     """K unit-vector centroids per class of one domain, a non-trainable weight.
 
     Kept as a weight so centroids travel in checkpoints and exports. ``call``
-    returns the class logits ``max_k <e, M[c, k]> / temperature``.
+    returns the class logits ``max_k <e, M[c, k]> / temperature``, always in
+    float32 (the layer's dtype policy is float32 unless told otherwise), so a
+    mixed-precision model compares embeddings and centroids at full precision.
     """
 
     def __init__(self, num_classes, centroids_per_class=3, dim=64, temperature=0.1, **kwargs):
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.centroids_per_class = centroids_per_class

@@ -216,7 +216,9 @@ class UniversalSegmenter(keras.Model):
             terms = self.compute_loss_terms(data, training=True)
             loss = self.total_loss(terms)
             # Gradients are summed over replicas; dividing gives the global mean.
-            scaled = loss / replicas
+            # Under mixed_float16 the optimizer is a LossScaleOptimizer: it scales
+            # the loss here and unscales the gradients in `apply`.
+            scaled = self.optimizer.scale_loss(loss / replicas)
         variables = self.trainable_variables
         gradients = tape.gradient(scaled, variables)
         # Terms switched off leave some heads without gradient (e.g. the
@@ -260,20 +262,22 @@ class UniversalSegmenter(keras.Model):
 
     @classmethod
     def from_experiment(cls, config, domain_registry=None):
-        """Builds the model an ``ExperimentConfig`` describes."""
+        """Builds the model an ``ExperimentConfig`` describes, under its ``train.precision``."""
         from usss_tf import domains as registry
+        from usss_tf import precision
 
         registry = domain_registry or registry
         m = config.model
-        return cls(
-            domains={d.name: registry.get_domain(d.name).num_classes for d in config.domains},
-            backbone=m.backbone,
-            width=m.width,
-            embedding_dim=m.embedding_dim,
-            centroids_per_class=m.centroids_per_class,
-            temperature=m.temperature,
-            dropout=m.dropout,
-            sync_batchnorm=m.sync_batchnorm,
-            backbone_weights=m.backbone_weights,
-            name="universal_segmenter",
-        )
+        with precision.dtype_policy(getattr(config.train, "precision", "float32")):
+            return cls(
+                domains={d.name: registry.get_domain(d.name).num_classes for d in config.domains},
+                backbone=m.backbone,
+                width=m.width,
+                embedding_dim=m.embedding_dim,
+                centroids_per_class=m.centroids_per_class,
+                temperature=m.temperature,
+                dropout=m.dropout,
+                sync_batchnorm=m.sync_batchnorm,
+                backbone_weights=m.backbone_weights,
+                name="universal_segmenter",
+            )

@@ -1,0 +1,234 @@
+"""A run's TensorBoard dashboards beyond the scalars: panels, confusion, IoU tables, hparams.
+
+``train.Experiment`` writes the scalars (losses, learning rate, images/s,
+mIoU, pixel accuracy, per-class IoU); ``RunMonitor`` adds what a person
+watching a long run wants to look at, into the same log directory::
+
+    tensorboard/                 HParams: the run's hyper-parameters (written at start)
+                                 Projector: label centroids (usss_tf.projector)
+    tensorboard/validation/      Images: panels/<domain>, confusion/<domain>
+                                 Text:   iou_table/<domain>
+                                 Scalars: miou/mean (next to miou/<domain>)
+
+Panels show a few fixed validation images per domain (the first
+``train.panel_images`` by example key, so the same images every time):
+input | ground truth | prediction, plus the embedding branch's map (each
+pixel's nearest label centroid of the domain) once the run has centroids.
+"""
+
+import dataclasses
+import pathlib
+
+import numpy as np
+import tensorflow as tf
+from tensorboard.plugins.hparams import api as hp
+
+from usss_tf import projector, visualize
+from usss_tf.data import pipeline
+
+PANEL_DESCRIPTION = (
+    "input | ground truth | prediction{} — colours are the domain's palette, ignore is black"
+)
+# Keys that change how a run is watched, not what it computes: not hparams.
+_NOT_HPARAMS = {
+    "train.verbose", "train.log_every", "train.checkpoint_every", "train.eval_every",
+    "train.image_every", "train.panel_images",
+}
+_DOMAIN_KEYS_SKIPPED = {"name", "root", "manual_dir", "generate"}
+
+
+def _hparam_value(value):
+    if value is None:
+        return "none"
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)  # lists (e.g. data.crop) as text.
+
+
+def _flatten(mapping, prefix):
+    flat = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def hparam_values(config):
+    """The config as flat ``{name: bool | int | float | str}`` for the HParams dashboard.
+
+    Domain settings are keyed by domain name (``synth_city.labeled``), so runs
+    that list their domains in another order still line up; data roots and
+    keys that only change logging are left out.
+    """
+    values = {
+        "name": config.name,
+        "method": config.method,
+        "seed": config.seed,
+        "domains": ",".join(d.name for d in config.domains),
+    }
+    for domain in config.domains:
+        for key, value in dataclasses.asdict(domain).items():
+            if key not in _DOMAIN_KEYS_SKIPPED:
+                values[f"{domain.name}.{key}"] = value
+    for section in ("model", "data", "loss", "centroids", "train"):
+        values.update(_flatten(dataclasses.asdict(getattr(config, section)), f"{section}."))
+    return {k: _hparam_value(v) for k, v in values.items() if k not in _NOT_HPARAMS}
+
+
+def hparam_metrics(domain_names):
+    """The HParams dashboard's metric columns: final validation figures of each domain."""
+    metrics = [hp.Metric("miou/mean", group="validation", display_name="mIoU (mean of domains)")]
+    for name in domain_names:
+        metrics.append(hp.Metric(f"miou/{name}", group="validation", display_name=f"mIoU {name}"))
+        metrics.append(hp.Metric(
+            f"pixel_accuracy/{name}", group="validation", display_name=f"pixel accuracy {name}"
+        ))
+    return metrics
+
+
+class RunMonitor:
+    """Writes one run's image panels, confusion images, IoU tables, hparams and projector.
+
+    Args:
+      log_dir: the run's ``tensorboard/`` folder.
+      domain_inputs: the run's ``DomainInputs`` (validation examples, scale).
+      config: the ``ExperimentConfig``.
+      writer: the validation ``tf.summary`` writer (``log_dir/validation``).
+      has_centroids: ``() -> bool``, whether the model has fitted label
+        centroids yet (the centroid stage finished); asked only when panels
+        or the projector are written.
+    """
+
+    def __init__(self, log_dir, domain_inputs, config, writer, has_centroids=lambda: False):
+        self.log_dir = pathlib.Path(log_dir)
+        self.has_centroids = has_centroids
+        self.inputs = list(domain_inputs)
+        self.config = config
+        self.writer = writer
+        train = config.train
+        self.panel_images = train.panel_images
+        interval = train.eval_every or train.checkpoint_every
+        self.image_every = interval if train.image_every is None else train.image_every
+        self._samples = None
+        self._last_panel_step = None
+
+    # -- hyper-parameters -----------------------------------------------------------
+
+    def write_hparams(self):
+        """The HParams dashboard entry of this run: its config now, its mIoU as it comes.
+
+        The session lives in ``log_dir`` and reads its metrics from the
+        ``validation`` run below it, so ``tensorboard --logdir`` on a folder of
+        many runs lists them side by side.
+        """
+        writer = tf.summary.create_file_writer(str(self.log_dir))
+        with writer.as_default(step=0):
+            values = hparam_values(self.config)
+            hp.hparams_config(
+                hparams=[hp.HParam(name) for name in values],
+                metrics=hparam_metrics([i.domain.name for i in self.inputs]),
+            )
+            hp.hparams(values)
+        writer.close()
+
+    # -- projector ------------------------------------------------------------------
+
+    def write_projector(self, model, global_step):
+        """The label centroids in the embedding projector (runs that have centroids only)."""
+        if self.config.method != "univ_full":
+            return None
+        return projector.write_centroid_projector(
+            self.log_dir, model, [i.domain for i in self.inputs], global_step
+        )
+
+    # -- validation -----------------------------------------------------------------
+
+    def on_validation(self, model, results, confusions, global_step):
+        """Per domain: the IoU table and the confusion image; the mean mIoU; panels; projector."""
+        with self.writer.as_default(step=global_step):
+            if results:
+                tf.summary.scalar("miou/mean", float(np.mean([r["miou"] for r in results.values()])))
+            for inputs in self.inputs:
+                domain = inputs.domain
+                if domain.name not in results or domain.name not in confusions:
+                    continue
+                confusion = confusions[domain.name]
+                tf.summary.text(
+                    f"iou_table/{domain.name}",
+                    visualize.iou_table(domain, results[domain.name], confusion),
+                )
+                tf.summary.image(
+                    f"confusion/{domain.name}",
+                    visualize.confusion_image(confusion, domain.palette)[None],
+                    description=(
+                        "row-normalised confusion: rows = true class, columns = predicted class, "
+                        "in train-id order (see iou_table); edge colours = class colours; "
+                        "dark = 0, yellow = 1, grey = class absent from the labels"
+                    ),
+                )
+        self.writer.flush()
+        with_centroids = self.has_centroids()
+        self.write_panels(model, global_step, with_centroids)
+        if with_centroids:
+            self.write_projector(model, global_step)
+
+    # -- panels ---------------------------------------------------------------------
+
+    def on_step(self, model, step, global_step):
+        """Panels every ``image_every`` steps of a stage (once per global step)."""
+        if self.image_every and step % self.image_every == 0:
+            self.write_panels(model, global_step, self.has_centroids())
+
+    def _panel_samples(self):
+        """``{domain: [(model input [1, h, w, 3], display image [H, W, 3], labels [H, W])]}``."""
+        if self._samples is None:
+            self._samples = {}
+            for inputs in self.inputs:
+                examples = sorted(inputs.val, key=lambda e: e.key)[: self.panel_images]
+                if not examples:
+                    continue
+                dataset = pipeline.eval_dataset(
+                    inputs.domain, examples, inputs.scale, batch_size=1, keyed=False
+                )
+                samples = []
+                for images, labels in dataset:
+                    label_size = tf.shape(labels)[1:3]
+                    display = tf.image.resize(images, label_size)[0] if inputs.scale != 1.0 else images[0]
+                    samples.append((images, display.numpy(), labels[0].numpy()))
+                self._samples[inputs.domain.name] = samples
+        return self._samples
+
+    def predict_panels(self, model, domain, with_centroids=False):
+        """``uint8 [N, H, W * P, 3]`` panels of ``domain``'s fixed validation images."""
+        rows = []
+        for images, display, labels in self._panel_samples().get(domain.name, []):
+            size = labels.shape
+            features = model.encode(images, training=False)
+            prediction = tf.argmax(model.decode(features, domain.name, size), axis=-1)[0]
+            centroid_map = None
+            if with_centroids:
+                similarity = model.similarity_logits(model.embed(features), domain.name)
+                similarity = tf.image.resize(similarity, size, method="bilinear")
+                centroid_map = tf.argmax(similarity, axis=-1)[0].numpy()
+            rows.append(visualize.panel_row(domain, display, labels, prediction.numpy(), centroid_map))
+        return visualize.stack_rows(rows) if rows else None
+
+    def write_panels(self, model, global_step, with_centroids=False):
+        """Writes ``panels/<domain>`` for every domain at ``global_step`` (once per step)."""
+        if not self.panel_images or global_step == self._last_panel_step:
+            return
+        self._last_panel_step = global_step
+        with self.writer.as_default(step=global_step):
+            for inputs in self.inputs:
+                panels = self.predict_panels(model, inputs.domain, with_centroids)
+                if panels is None:
+                    continue
+                tf.summary.image(
+                    f"panels/{inputs.domain.name}", panels, max_outputs=len(panels),
+                    description=PANEL_DESCRIPTION.format(
+                        " | nearest label centroid (embedding branch)" if with_centroids else ""
+                    ),
+                )
+        self.writer.flush()
