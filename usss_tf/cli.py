@@ -8,6 +8,7 @@ import functools
 import os
 import pathlib
 import sys
+import time
 
 import click
 
@@ -63,8 +64,12 @@ def main():
               help="Run directory (default runs/<config name>). Re-running resumes it.")
 @click.option("--devices", default=None, metavar="N|DEV,...",
               help="Devices for MirroredStrategy: a count or names like GPU:0,GPU:1 (default: all GPUs, else the CPU).")
+@click.option("--tensorboard", "with_tensorboard", is_flag=True,
+              help="Serve TensorBoard on the run (loopback) while it trains, and after it until Ctrl-C.")
+@click.option("--tensorboard-port", default=6006, show_default=True, type=click.IntRange(0, 65535),
+              help="Port for --tensorboard (0: any free port).")
 @_friendly_errors
-def train(config_path, overrides, run_dir, devices):
+def train(config_path, overrides, run_dir, devices, with_tensorboard, tensorboard_port):
     """Train (or resume) the experiment described by CONFIG.yaml."""
     from usss_tf import config as config_lib
 
@@ -72,9 +77,103 @@ def train(config_path, overrides, run_dir, devices):
     from usss_tf import train as train_lib
 
     run_dir = pathlib.Path(run_dir or pathlib.Path("runs") / config.name)
+    if with_tensorboard:
+        from usss_tf import board
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        click.echo(f"TensorBoard at {board.launch(run_dir, port=tensorboard_port)}")
     results = train_lib.run_experiment(config, run_dir, devices=_parse_devices(devices), echo=click.echo)
     click.echo(train_lib.format_results(results))
     click.echo(f"run directory: {run_dir}")
+    if with_tensorboard:
+        click.echo("training finished; TensorBoard keeps serving until Ctrl-C")
+        board.serve_forever()
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--port", default=6006, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to serve on (0: any free port).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; loopback keeps the run's images off the network.")
+@_friendly_errors
+def board(run_dir, port, host):
+    """Serve TensorBoard on RUN_DIR (a run, or a folder of runs to compare) until Ctrl-C."""
+    from usss_tf import board as board_lib
+
+    url = board_lib.launch(run_dir, port=port, host=host)
+    click.echo(f"TensorBoard at {url} (logdir {run_dir}); Ctrl-C to stop")
+    board_lib.serve_forever()
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--split", default="val", show_default=True,
+              help="val, train, or a split folder name of the dataset.")
+@click.option("--domain", "domains", multiple=True, help="Evaluate only this domain (repeatable).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the figures (and confusion matrices) to this JSON file.")
+@click.option("--predictions", type=click.Path(file_okay=False), default=None,
+              help="Write predictions here: <domain>/ids (raw label ids) and <domain>/color.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Images per batch (default data.eval_batch_size); only same-size images share one.")
+@_friendly_errors
+def evaluate(run_dir, split, domains, json_path, predictions, batch_size):
+    """Evaluate a trained run on every image of a split: mIoU, per-class IoU, pixel accuracy."""
+    from usss_tf import evaluate as evaluate_lib
+
+    results = evaluate_lib.evaluate_run(
+        run_dir, split=split, domains=domains, batch_size=batch_size,
+        predictions_dir=predictions, echo=click.echo,
+    )
+    click.echo(evaluate_lib.format_report(results))
+    if json_path:
+        evaluate_lib.write_results(results, json_path)
+        click.echo(f"figures written to {json_path}")
+
+
+@main.command("export")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--model-base", default="saved_models/usss", show_default=True,
+              type=click.Path(file_okay=False), help="TF Serving model base path.")
+@click.option("--version", type=click.IntRange(min=1), default=None,
+              help="Version folder to write (default: the next integer); never overwritten.")
+@_friendly_errors
+def export_command(run_dir, model_base, version):
+    """Export a run's final model as a TF Serving SavedModel; prints the version folder."""
+    from usss_tf import export as export_lib
+
+    path = export_lib.export_run(
+        run_dir, model_base=model_base, version=version, echo=lambda m: click.echo(m, err=True)
+    )
+    click.echo(str(path))
+
+
+@main.command()
+@click.argument("grid_path", metavar="GRID.yaml", type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Study folder (default: the grid's 'out', else runs/<grid name>).")
+@click.option("--devices", default=None, metavar="N|DEV,...", help="As for train.")
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Worker processes running cells side by side.")
+@click.option("--shard", default=None, hidden=True, help="i/n: run every n-th cell from i (workers).")
+@_friendly_errors
+def study(grid_path, out, devices, jobs, shard):
+    """Run methods x N x seeds of GRID.yaml (resumable); write results.csv/.md/.png."""
+    from usss_tf import study as study_lib
+
+    grid = study_lib.load_grid(grid_path, out=out)
+    cells = len(grid.methods) * len(grid.labeled) * len(grid.seeds)
+    click.echo(f"study {grid.name}: {cells} runs in {grid.out}")
+    started = time.perf_counter()
+    shard = tuple(int(v) for v in shard.split("/")) if shard else None
+    rows = study_lib.run_study(grid, devices=_parse_devices(devices), echo=click.echo, jobs=jobs,
+                               shard=shard, grid_path=grid_path)
+    if shard:
+        return
+    click.echo(study_lib.format_markdown(grid, rows))
+    click.echo(f"{len(rows)} result rows in {grid.out / 'results.csv'} "
+               f"({time.perf_counter() - started:.0f}s this invocation)")
 
 
 @main.group()
@@ -111,6 +210,73 @@ def list_domains():
         domain = registry.get_domain(name)
         click.echo(f"{name:<14} {domain.layout:<11} {domain.num_classes:>3} classes: "
                    f"{', '.join(domain.class_names)}")
+
+
+def _log_serving_events():
+    """Version loads and request failures of the embedded server go to stderr with a timestamp."""
+    import logging
+
+    logger = logging.getLogger("usss_tf.serving")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+@main.command()
+@click.option("--model-base", default="saved_models/usss", show_default=True,
+              type=click.Path(file_okay=False), help="Folder of integer version folders (TF Serving's base path).")
+@click.option("--model-name", default="usss", show_default=True, help="Name clients ask for (model_spec.name).")
+@click.option("--port", default=8500, show_default=True, type=click.IntRange(0, 65535),
+              help="gRPC port (0: any free port).")
+@click.option("--rest-port", default=8501, show_default=True, type=click.IntRange(0, 65535),
+              help="REST port (0: any free port).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; the server has no authentication, so loopback by default.")
+@click.option("--max-message-mb", default=64.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Largest request or reply; gRPC answers bigger ones RESOURCE_EXHAUSTED, REST 413.")
+@click.option("--poll-seconds", default=2.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="How often to look for a new version folder.")
+@_friendly_errors
+def serve(model_base, model_name, port, rest_port, host, max_message_mb, poll_seconds):
+    """Serve exported versions over TF Serving's gRPC and REST APIs until SIGTERM/SIGINT."""
+    from usss_tf.errors import ServingError
+
+    if not pathlib.Path(model_base).is_dir():
+        raise ServingError(f"{model_base}: no such folder; export a run first: "
+                           f"usss-tf export RUN_DIR --model-base {model_base}")
+    _log_serving_events()
+    from usss_tf.serving.server import ModelServer, serve as serve_until_signalled
+
+    server = ModelServer(model_base, model_name=model_name, host=host, port=port, rest_port=rest_port,
+                         max_message_mb=max_message_mb, poll_seconds=poll_seconds)
+    serve_until_signalled(server, echo=lambda message: click.echo(message))
+    click.echo("stopped")
+
+
+@main.command()
+@click.option("--server", required=True, metavar="HOST:PORT", help="gRPC address of usss-tf serve or TF Serving.")
+@click.option("--model", default="usss", show_default=True, help="Model name on the server.")
+@click.option("--version", type=click.IntRange(min=0), default=None, help="Model version (default: the newest).")
+@click.option("--domain", required=True, help="Label space to segment in (signature segment_<domain>).")
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for <stem>_ids.png and <stem>_overlay.png.")
+@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds per request.")
+@click.option("--batch", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Most images per request (images of different sizes never share one).")
+@_friendly_errors
+def predict(server, model, version, domain, images, out_dir, timeout, batch):
+    """Segment IMAGE files on a model server; writes class-id PNGs and colour overlays."""
+    from usss_tf.serving import client
+
+    results = client.predict_files(server, domain, images, out_dir, model=model, version=version,
+                                   timeout=timeout, batch=batch)
+    for image, ids_path, overlay_path in results:
+        click.echo(f"{image}: {ids_path} {overlay_path}")
 
 
 if __name__ == "__main__":
