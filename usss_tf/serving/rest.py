@@ -108,6 +108,15 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
             return
         limit = self.server.max_body_bytes
         if length > limit:
+            # Read and drop a body up to 4x the limit before answering: a client
+            # still sending would otherwise see a reset instead of the 413.
+            if length <= 4 * limit:
+                remaining = length
+                while remaining > 0:
+                    chunk = self.rfile.read(min(remaining, 1 << 20))
+                    if not chunk:
+                        break
+                    remaining -= len(chunk)
             self.close_connection = True
             self._send_json(413, {"error": f"request body of {length} bytes is over the limit of "
                                            f"{limit} bytes (usss-tf serve --max-message-mb)"})
