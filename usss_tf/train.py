@@ -259,6 +259,7 @@ class Experiment:
             self.echo(f"[supervised] {domain.name}: an independent model, labelled data only")
             sub = Experiment(sub_config, sub_dir, self.devices, self.echo)
             results.update(sub.run())
+            keras.utils.clear_session()  # The next domain's model starts from a clean slate.
             self._mark_done(f"supervised/{domain.name}", miou=results[domain.name]["miou"])
         _write_json(self.run_dir / "metrics.json", results)
         return results

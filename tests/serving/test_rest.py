@@ -112,3 +112,17 @@ def test_an_oversize_body_is_refused_with_413(server, scene_pngs):
     status, answer = _http(server, "POST", f"/v1/models/{MODEL}:predict", too_big)
     assert status == 413 and "--max-message-mb" in answer["error"]
     assert _http(server, "POST", f"/v1/models/{MODEL}:predict", {"instances": [_b64(scene_pngs[0])]})[0] == 200
+
+
+def test_a_reply_too_big_for_json_is_refused_and_the_server_keeps_serving(server, scene_pngs):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((400, 400, 3), 128, np.uint8)).save(buffer, format="PNG")
+    status, answer = _http(server, "POST", f"/v1/models/{MODEL}:predict",
+                           {"instances": [_b64(buffer.getvalue())]})
+    assert status == 413 and "output_filter" in answer["error"], answer
+    assert _http(server, "POST", f"/v1/models/{MODEL}:predict", {"instances": [_b64(scene_pngs[0])]})[0] == 200

@@ -60,6 +60,7 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     server_version = "usss-tf-serve"
+    timeout = 60  # seconds a connection may sit idle or stall mid-body before it is closed
 
     # -- plumbing ----------------------------------------------------------
 
@@ -163,6 +164,16 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
         runner = loaded.runner(spec.signature_name, spec.name)
         arrays, row_format = json_tensors.decode_request(body, runner.signature_def)
         outputs = runner.run(arrays)
+        # JSON spends several bytes per value: refuse a reply that would dwarf
+        # the message limit (e.g. full-resolution probabilities) before building it.
+        values = sum(int(getattr(v, "size", 1)) for v in outputs.values())
+        if 4 * values > self.server.max_body_bytes:
+            raise RequestError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the reply holds {values:,} values, over what --max-message-mb allows as JSON "
+                f"({self.server.max_body_bytes:,} bytes); use gRPC with output_filter "
+                f'["class_ids"] (usss-tf predict does) or send smaller images',
+            )
         return json_tensors.encode_response(outputs, row_format)
 
 
