@@ -57,12 +57,12 @@ def tensor_signature(domain_name):
     return f"segment_{domain_name}_tensor"
 
 
-def signature_names(domain_names):
+def signature_names(domain_names, with_embedding=True):
     """Every signature an export of these domains holds, in a stable order."""
     names = ["serving_default"]
     for name in domain_names:
         names += [segment_signature(name), tensor_signature(name)]
-    return names + [EMBED_SIGNATURE]
+    return names + ([EMBED_SIGNATURE] if with_embedding else [])
 
 
 def domains_manifest(domains):
@@ -172,7 +172,7 @@ def _named(function, name):
     return function
 
 
-def serving_functions(model):
+def serving_functions(model, with_embedding=True):
     """``{signature name: tf.function}`` with explicit input signatures, for every signature."""
     bytes_spec = tf.TensorSpec([None], tf.string, name="images")
     tensor_spec = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
@@ -188,10 +188,11 @@ def serving_functions(model):
             input_signature=[tensor_spec],
         )
     functions["serving_default"] = functions[segment_signature(model.domain_names[0])]
-    functions[EMBED_SIGNATURE] = tf.function(
-        _named(lambda images: embed(model, decode_images(images)), EMBED_SIGNATURE),
-        input_signature=[bytes_spec],
-    )
+    if with_embedding:
+        functions[EMBED_SIGNATURE] = tf.function(
+            _named(lambda images: embed(model, decode_images(images)), EMBED_SIGNATURE),
+            input_signature=[bytes_spec],
+        )
     return functions
 
 
@@ -206,13 +207,13 @@ class SegmenterServingModule(tf.Module):
     hides the problem; tracking the underlying variables saves each weight once.
     """
 
-    def __init__(self, model, domains_json_path):
+    def __init__(self, model, domains_json_path, with_embedding=True):
         super().__init__(name="usss_serving")
         self.model_variables = [v.value for v in model.weights]
         self.domains_asset = tf.saved_model.Asset(str(domains_json_path))
         self.serving_signatures = {
             name: function.get_concrete_function()
-            for name, function in serving_functions(model).items()
+            for name, function in serving_functions(model, with_embedding).items()
         }
 
 
@@ -277,7 +278,8 @@ def _check_domains(model, domains):
             )
 
 
-def export_model(model, domains, export_dir, warmup_image_size=(64, 128), model_name="usss"):
+def export_model(model, domains, export_dir, warmup_image_size=(64, 128), model_name="usss",
+                 with_embedding=True):
     """Writes a built ``UniversalSegmenter`` as a SavedModel into ``export_dir``.
 
     Args:
@@ -286,6 +288,8 @@ def export_model(model, domains, export_dir, warmup_image_size=(64, 128), model_
       export_dir: the folder to create; it must not exist.
       warmup_image_size: (H, W) of the synthetic warm-up images.
       model_name: ``model_spec.name`` of the warm-up requests.
+      with_embedding: export the ``embed`` signature (only meaningful once the
+        label centroids were fitted: ``univ_full`` runs).
     Returns:
       ``export_dir`` as a ``pathlib.Path``.
     """
@@ -298,7 +302,7 @@ def export_model(model, domains, export_dir, warmup_image_size=(64, 128), model_
         with tempfile.TemporaryDirectory(prefix="usss-export-") as scratch:
             asset = pathlib.Path(scratch) / DOMAINS_ASSET  # Copied into assets/ by the save.
             asset.write_text(manifest)
-            module = SegmenterServingModule(model, asset)
+            module = SegmenterServingModule(model, asset, with_embedding)
             tf.saved_model.save(module, str(export_dir), signatures=module.serving_signatures)
         extra = export_dir / "assets.extra"
         extra.mkdir()
@@ -361,7 +365,14 @@ def export_run(run_dir, model_base="saved_models/usss", version=None, echo=None)
     model_base.mkdir(parents=True, exist_ok=True)
     staging = model_base / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
     try:
-        export_model(loaded.model, loaded.domains, staging, model_name=model_base.name)
+        # Only univ_full trains the embedding and fits the centroids: for the
+        # other methods an ``embed`` signature would serve random centroids.
+        with_embedding = loaded.config.method == "univ_full" and (
+            loaded.run_dir / "checkpoints" / "centroids").is_dir()
+        if not with_embedding and echo is not None:
+            echo(f"note: method {loaded.config.method}: no label centroids, so no 'embed' signature")
+        export_model(loaded.model, loaded.domains, staging, model_name=model_base.name,
+                     with_embedding=with_embedding)
         if target.exists():  # Another export took this version meanwhile.
             raise ExportError(f"{target} already exists; pick another --version or leave it out")
         os.rename(staging, target)
