@@ -177,6 +177,4 @@ def test_panel_settings_are_validated():
         config_lib.config_from_dict({"domains": [{"name": "synth_camvid", "root": "/c"}],
                                      "train": {"panel_images": -2}})
     # They only change what is watched: a run may be resumed with other values.
-    from usss_tf.train import _RESUMABLE_KEYS
-
-    assert {"train.image_every", "train.panel_images"} <= _RESUMABLE_KEYS
+    assert {"train.image_every", "train.panel_images"} <= config_lib.WATCH_ONLY_KEYS

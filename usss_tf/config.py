@@ -396,3 +396,26 @@ def _deep_copy(value):
     if isinstance(value, list):
         return [_deep_copy(v) for v in value]
     return value
+
+
+# Keys that change how a run is watched, not what it computes: a run may be
+# resumed with them changed, and they are not hyper-parameters.
+WATCH_ONLY_KEYS = frozenset({
+    "train.verbose", "train.log_every", "train.checkpoint_every", "train.eval_every",
+    "train.image_every", "train.panel_images",
+})
+
+
+def flatten(mapping, prefix=""):
+    """``{"a": {"b": 1}, "l": [{"c": 2}]}`` -> ``{"a.b": 1, "l.0.c": 2}`` (dotted config keys)."""
+    flat = {}
+    for key, value in mapping.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, path + "."))
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            for i, item in enumerate(value):
+                flat.update(flatten(item, f"{path}.{i}."))
+        else:
+            flat[path] = value
+    return flat

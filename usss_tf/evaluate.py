@@ -73,7 +73,7 @@ class Predictor:
     def _predict_batch(self, images, label_size):
         images = tf.cast(images, tf.float32)
         if self.scale != 1.0:
-            size = tf.cast(tf.round(tf.cast(tf.shape(images)[1:3], tf.float32) * self.scale), tf.int32)
+            size = pipeline.scaled_size(tf.shape(images)[1:3], self.scale)
             images = tf.image.resize(images, tf.maximum(size, 1), method="bilinear")
         features = self.model.encode(images, training=False)
         logits = self.model.decode(features, self.domain_name, label_size)

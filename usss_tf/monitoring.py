@@ -23,17 +23,13 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp
 
+from usss_tf import config as config_lib
 from usss_tf import projector, visualize
 from usss_tf.data import pipeline
 
 PANEL_DESCRIPTION = (
     "input | ground truth | prediction{} — colours are the domain's palette, ignore is black"
 )
-# Keys that change how a run is watched, not what it computes: not hparams.
-_NOT_HPARAMS = {
-    "train.verbose", "train.log_every", "train.checkpoint_every", "train.eval_every",
-    "train.image_every", "train.panel_images",
-}
 _DOMAIN_KEYS_SKIPPED = {"name", "root", "manual_dir", "generate"}
 
 
@@ -43,16 +39,6 @@ def _hparam_value(value):
     if isinstance(value, (bool, int, float, str)):
         return value
     return str(value)  # lists (e.g. data.crop) as text.
-
-
-def _flatten(mapping, prefix):
-    flat = {}
-    for key, value in mapping.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def hparam_values(config):
@@ -73,8 +59,8 @@ def hparam_values(config):
             if key not in _DOMAIN_KEYS_SKIPPED:
                 values[f"{domain.name}.{key}"] = value
     for section in ("model", "data", "loss", "centroids", "train"):
-        values.update(_flatten(dataclasses.asdict(getattr(config, section)), f"{section}."))
-    return {k: _hparam_value(v) for k, v in values.items() if k not in _NOT_HPARAMS}
+        values.update(config_lib.flatten(dataclasses.asdict(getattr(config, section)), f"{section}."))
+    return {k: _hparam_value(v) for k, v in values.items() if k not in config_lib.WATCH_ONLY_KEYS}
 
 
 def hparam_metrics(domain_names):

@@ -47,29 +47,12 @@ from usss_tf.model.segmenter import UniversalSegmenter
 from usss_tf.monitoring import RunMonitor
 
 STAGES = ("pretrain", "centroids", "universal", "source", "target")
-# Keys that may change when a run is resumed: they do not change the result.
-_RESUMABLE_KEYS = {"train.verbose", "train.log_every", "train.checkpoint_every", "train.eval_every",
-                   "train.image_every", "train.panel_images"}
 
 
 def _write_json(path, payload):
     tmp = pathlib.Path(f"{path}.tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=False))
     tmp.replace(path)
-
-
-def _flatten(mapping, prefix=""):
-    flat = {}
-    for key, value in mapping.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, path + "."))
-        elif isinstance(value, list) and value and isinstance(value[0], dict):
-            for i, item in enumerate(value):
-                flat.update(_flatten(item, f"{path}.{i}."))
-        else:
-            flat[path] = value
-    return flat
 
 
 def make_strategy(devices=None):
@@ -134,10 +117,11 @@ class Experiment:
         saved = self.run_dir / "config.yaml"
         if saved.exists():
             previous = config_lib.load_config(saved)
-            before, after = _flatten(previous.to_dict()), _flatten(self.config.to_dict())
+            before = config_lib.flatten(previous.to_dict())
+            after = config_lib.flatten(self.config.to_dict())
             changed = sorted(
                 k for k in set(before) | set(after)
-                if before.get(k) != after.get(k) and k not in _RESUMABLE_KEYS
+                if before.get(k) != after.get(k) and k not in config_lib.WATCH_ONLY_KEYS
             )
             if changed:
                 raise ConfigError(

@@ -98,7 +98,8 @@ def _resize_pair(image, label, size):
     return image, label
 
 
-def _scaled_size(shape, scale):
+def scaled_size(shape, scale):
+    """(H, W) scaled by ``scale`` and rounded, as training and evaluation resize images."""
     return tf.cast(tf.round(tf.cast(shape, tf.float32) * scale), tf.int32)
 
 
@@ -120,7 +121,7 @@ def augment(image, label, seed, crop, domain_scale, augment_config):
     seeds = tf.random.experimental.stateless_split(seed, num=8)
     a = augment_config
     scale = tf.random.stateless_uniform([], seeds[0], a.min_scale, a.max_scale) * domain_scale
-    size = _scaled_size(tf.shape(image)[:2], scale)
+    size = scaled_size(tf.shape(image)[:2], scale)
     has_label = label is not None
     if not has_label:
         label = tf.zeros(tf.shape(image)[:2], tf.uint8)
@@ -239,7 +240,7 @@ def eval_dataset(domain, examples, scale, batch_size, keyed=True):
     def load(image_path, label_path):
         image = tf.cast(decode_image(image_path), tf.float32)
         if scale != 1.0:
-            image = tf.image.resize(image, _scaled_size(tf.shape(image)[:2], scale))
+            image = tf.image.resize(image, scaled_size(tf.shape(image)[:2], scale))
         label = tf.cast(decode_label(label_path, table), tf.int32)
         return image, label
 
