@@ -41,10 +41,16 @@ TINY_RUN = {
     "train": {"pretrain_steps": 3, "steps": 3, "checkpoint_every": 3, "log_every": 1, "verbose": 0,
               "optimizer": "sgd", "learning_rate": 0.01},
 }
+# Each domain at its own scale, so every test of inference, evaluation, export
+# and serving checks that the domain's scale is applied where it must be.
+TINY_SCALES = {"synth_city": 0.5, "synth_camvid": 0.75}
 
 
 def train_tiny_run(base, **changes):
-    """Trains a tiny univ_full run on two synthetic domains (32x64 images); returns its run dir."""
+    """Trains a tiny univ_full run on two synthetic domains (32x64 images); returns its run dir.
+
+    synth_city is seen at scale 0.5 (16x32), synth_camvid at 0.75 (24x48).
+    """
     from usss_tf import config as config_lib
     from usss_tf import train as train_lib
     from usss_tf.data import synthetic
@@ -55,7 +61,8 @@ def train_tiny_run(base, **changes):
     )
     mapping = {**TINY_RUN, **changes}
     mapping["domains"] = [
-        {"name": name, "root": str(root), "labeled": 4} for name, root in roots.items()
+        {"name": name, "root": str(root), "labeled": 4, "scale": TINY_SCALES[name]}
+        for name, root in roots.items()
     ]
     config = config_lib.config_from_dict(mapping)
     run_dir = base / "run"

@@ -4,11 +4,15 @@ One export of the shared ``tiny_run`` (synth_city 10 classes + synth_camvid 7
 classes) is written per module and reused: exporting costs tens of seconds.
 """
 
+import io
 import json
 import pathlib
 import shutil
+import struct
 import subprocess
 import sys
+import textwrap
+import zlib
 
 import numpy as np
 import pytest
@@ -18,7 +22,8 @@ from PIL import Image
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
-from usss_tf import export, runs
+from usss_tf import evaluate, export, metrics, runs
+from usss_tf.data import readers
 from usss_tf.cli import main
 from usss_tf.errors import ExportError
 
@@ -27,9 +32,10 @@ SIGNATURES = [
     "serving_default",
     "segment_synth_city", "segment_synth_city_tensor",
     "segment_synth_camvid", "segment_synth_camvid_tensor",
-    "embed",
+    "embed", "embed_synth_city", "embed_synth_camvid",
 ]  # fmt: skip
 EMBEDDING_DIM = 8  # tests/conftest.py TINY_RUN
+SCALES = {"synth_city": 0.5, "synth_camvid": 0.75}  # tests/conftest.py TINY_SCALES
 
 
 @pytest.fixture(scope="module")
@@ -89,12 +95,17 @@ def test_layout_and_domain_assets(model_base, version_dir):
     manifest = json.loads((version_dir / "assets" / "domains.json").read_text())
     extra = json.loads((version_dir / "assets.extra" / "usss_domains.json").read_text())
     assert manifest == extra
-    assert [d["name"] for d in manifest] == list(DOMAINS)
-    for entry in manifest:
+    assert manifest["format"] == export.EXPORT_FORMAT == 2
+    assert manifest["max_image_pixels"] == export.MAX_IMAGE_PIXELS >= 2 * 2048 * 2048
+    assert manifest["max_request_pixels"] == export.MAX_REQUEST_PIXELS
+    domains = manifest["domains"]
+    assert [d["name"] for d in domains] == list(DOMAINS)
+    for entry in domains:
         assert entry["num_classes"] == DOMAINS[entry["name"]]
         assert len(entry["class_names"]) == len(entry["palette"]) == entry["num_classes"]
         assert entry["ignore_label"] == 255
-    assert manifest[1]["class_names"][5] == "vehicle"
+        assert entry["scale"] == SCALES[entry["name"]]
+    assert domains[1]["class_names"][5] == "vehicle"
     assert (version_dir / "assets.extra" / "tf_serving_warmup_requests").is_file()
 
 
@@ -146,7 +157,7 @@ def test_model_and_domains_must_agree(trained, tmp_path):
 
 def _expected_outputs(name):
     """{output key: (dtype, rank, last dim or None)} of one signature."""
-    if name == "embed":
+    if name.startswith("embed"):
         outputs = {"embeddings": (tf.float32, 4, EMBEDDING_DIM)}
         outputs.update({f"nearest_class_{d}": (tf.uint8, 3, None) for d in DOMAINS})
         return outputs
@@ -311,13 +322,20 @@ def test_jpeg_and_grayscale_png_are_accepted(reloaded, images):
     assert outputs["class_ids"].shape == (2, 32, 64)
 
 
-def test_embed_labels_one_image_in_every_label_space(trained, reloaded, images):
-    outputs = reloaded.signatures["embed"](images=tf.constant([_png(i) for i in images]))
+@pytest.mark.parametrize("signature,source,grid", [
+    ("embed", "synth_city", (2, 4)),  # 32x64 at synth_city's scale 0.5 -> 16x32, stride 8.
+    ("embed_synth_city", "synth_city", (2, 4)),
+    ("embed_synth_camvid", "synth_camvid", (3, 6)),  # at 0.75 -> 24x48.
+])
+def test_embed_labels_one_image_in_every_label_space(trained, reloaded, images, signature, source,
+                                                     grid):
+    outputs = reloaded.signatures[signature](images=tf.constant([_png(i) for i in images]))
     embeddings = outputs["embeddings"].numpy()
-    assert embeddings.shape == (3, 4, 8, EMBEDDING_DIM)  # Stride 8 of 32x64.
+    assert embeddings.shape == (3, *grid, EMBEDDING_DIM)
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=-1), 1.0, atol=1e-4)
     model = trained.model
-    reference = model.embed(model.encode(images, training=False))
+    scaled = tf.image.resize(images.astype("float32"), (grid[0] * 8, grid[1] * 8), "bilinear")
+    reference = model.embed(model.encode(model.preprocessor(source).normalize(scaled)))
     np.testing.assert_allclose(embeddings, reference.numpy(), atol=1e-5)
     for domain, num_classes in DOMAINS.items():
         nearest = outputs[f"nearest_class_{domain}"].numpy()
@@ -346,6 +364,188 @@ def test_bad_requests_fail_with_a_message(reloaded, images, signature, batch, me
         reloaded.signatures[signature](images=tf.constant(batches[batch], dtype=tf.string))
 
 
+# -- the served model predicts what evaluation measured ---------------------------------
+
+
+def _val_examples(run_dir, domain):
+    config = runs.read_config(run_dir)
+    root = next(d.root for d in config.domains if d.name == domain.name)
+    return readers.list_examples(domain, root, "val")
+
+
+def test_served_class_ids_equal_what_evaluate_writes(tiny_run, trained, reloaded, tf1_session,
+                                                     tmp_path):
+    """The dataset's own files through each domain's bytes signature (both loaders) give,
+    pixel for pixel, the raw-id predictions ``usss-tf evaluate --predictions`` writes,
+    and the same mIoU: synth_city is served at scale 0.5, synth_camvid at 0.75."""
+    results = evaluate.evaluate_run(tiny_run, predictions_dir=tmp_path / "pred")
+    session, meta_graph = tf1_session
+    for domain in trained.domains:
+        examples = _val_examples(tiny_run, domain)
+        files = np.array([pathlib.Path(e.image).read_bytes() for e in examples], dtype=object)
+        signature = export.segment_signature(domain.name)
+        batched = reloaded.signatures[signature](images=tf.constant(files))["class_ids"].numpy()
+        info = meta_graph.signature_def[signature]
+        one_by_one = np.concatenate([
+            session.run(info.outputs["class_ids"].name, {info.inputs["images"].name: files[i:i + 1]})
+            for i in range(len(files))
+        ])
+        np.testing.assert_array_equal(batched, one_by_one)
+        to_raw = evaluate.train_to_raw(domain)
+        table = domain.lookup_table()
+        confusion = np.zeros((domain.num_classes,) * 2, np.int64)
+        for example, ids in zip(examples, batched):
+            written = tmp_path / "pred" / domain.name / "ids" / f"{evaluate._prediction_name(example)}.png"
+            np.testing.assert_array_equal(to_raw[ids], np.asarray(Image.open(written)),
+                                          err_msg=str(written))
+            label = table[np.asarray(Image.open(example.label))]
+            confusion += metrics.confusion_matrix(label, ids, domain.num_classes)
+        served = metrics.summarize(confusion, list(domain.class_names))
+        assert abs(served["miou"] - results[domain.name]["miou"]) < 1e-6
+        assert len(np.unique(batched)) > 1  # Not a constant map: the comparison means something.
+
+
+def test_export_without_the_domain_scale_would_differ(trained, images):
+    """Guards the test above: at these scales, ignoring the scale changes the class ids."""
+    model = trained.model
+    for domain in DOMAINS:
+        scaled = model.segment(images, domain)["class_ids"].numpy()
+        unscaled = model.decode(model.encode(model.preprocessor(domain).normalize(images)), domain,
+                                (32, 64))
+        assert (scaled != np.argmax(unscaled.numpy(), -1)).mean() > 0.01, domain
+
+
+# -- decompression bombs -----------------------------------------------------------------
+
+
+def _zero_png(width, height):
+    """A valid RGB PNG of zeros, compressed row by row (never held decoded in memory)."""
+    compressor = zlib.compressobj(9)
+    row = b"\0" * (1 + 3 * width)
+    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+def _jpeg_declaring(width, height, progressive):
+    """A small real JPEG whose SOF header is rewritten to declare ``width`` x ``height``."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (90, 120, 30)).save(buffer, "JPEG", progressive=progressive)
+    data = bytearray(buffer.getvalue())
+    marker = b"\xff\xc2" if progressive else b"\xff\xc0"
+    sof = data.index(marker)
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def _png_with_ihdr(png, width, height):
+    data = bytearray(png)
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+BOMBS = {
+    "png": lambda: _zero_png(6000, 6000),
+    "jpeg_baseline": lambda: _jpeg_declaring(6000, 6000, progressive=False),
+    "jpeg_progressive": lambda: _jpeg_declaring(6000, 6000, progressive=True),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BOMBS))
+def test_bombs_are_refused_before_decoding(reloaded, tf1_session, images, kind):
+    bomb = BOMBS[kind]()
+    assert len(bomb) < 200_000
+    message = (r"image 1 is 6000x6000 \(height x width\) = 36000000 pixels, above the "
+               rf"limit of {export.MAX_IMAGE_PIXELS} pixels per image")
+    batch = [_png(images[0]), bomb]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        reloaded.signatures["segment_synth_city"](images=tf.constant(batch))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        reloaded.signatures["embed_synth_camvid"](images=tf.constant(batch))
+    refused = _run_tf1(tf1_session, {"serving_default": np.array(batch, dtype=object)})
+    assert "36000000 pixels, above" in refused["serving_default"].message
+
+
+def test_request_pixel_limit_and_tensor_signatures(reloaded, images):
+    # 2048x2048 is within the per-image limit; nine of them are not within the request's.
+    with pytest.raises(tf.errors.InvalidArgumentError, match="9000000 pixels, above the limit"):
+        reloaded.signatures["segment_synth_city_tensor"](images=tf.zeros([1, 3000, 3000, 3], tf.uint8))
+    many = tf.constant([_zero_png(2048, 2048)] * 9)
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"the request holds 37748736 pixels in 9 images, above the "
+                             rf"limit of {export.MAX_REQUEST_PIXELS} pixels per request"):
+        reloaded.signatures["segment_synth_camvid"](images=many)
+    tensors = tf.zeros([5, 2800, 2800, 3], tf.uint8)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="39200000 pixels in 5 images"):
+        reloaded.signatures["segment_synth_camvid_tensor"](images=tensors)
+
+
+@pytest.mark.parametrize("case", ["png_truncated", "jpeg_truncated", "png_declares_less"])
+def test_truncated_and_lying_headers_fail_cleanly(reloaded, images, case):
+    png = _png(images[0])
+    jpeg = tf.io.encode_jpeg(images[0]).numpy()
+    data = {"png_truncated": png[:20], "jpeg_truncated": jpeg[:30],
+            "png_declares_less": _png_with_ihdr(png, 8, 4)}[case]
+    signature = reloaded.signatures["segment_synth_city"]
+    if case == "png_declares_less":
+        # The decoder sizes its output from the header: what was declared is what is decoded.
+        try:
+            outputs = signature(images=tf.constant([data]))
+        except tf.errors.InvalidArgumentError:
+            return
+        assert outputs["class_ids"].shape == (1, 4, 8)
+        return
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match="truncated|Invalid JPEG|corrupt|Premature|header"):
+        signature(images=tf.constant([data]))
+
+
+_RSS_PROBE = textwrap.dedent("""
+    import json, resource, sys, time
+    import tensorflow as tf
+    loaded = tf.saved_model.load(sys.argv[1])
+    signature = loaded.signatures["segment_synth_city"]
+    good = tf.constant([open(sys.argv[2], "rb").read()])
+    signature(images=good)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    refused, seconds = 0, []
+    for path in sys.argv[3:]:
+        started = time.perf_counter()
+        try:
+            signature(images=tf.constant([open(path, "rb").read()]))
+        except tf.errors.InvalidArgumentError:
+            refused += 1
+        seconds.append(time.perf_counter() - started)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"growth_kb": after - before, "refused": refused, "seconds": seconds}))
+""")
+
+
+def test_bombs_allocate_nothing_large(version_dir, images, tmp_path):
+    """Peak RSS of a fresh process barely moves while it refuses six 6000x6000 bombs
+    (decoding one would allocate 108 MB for its pixels alone)."""
+    (tmp_path / "good.png").write_bytes(_png(images[0]))
+    paths = []
+    for i, (kind, make) in enumerate(sorted(BOMBS.items()) * 2):
+        path = tmp_path / f"bomb{i}.{kind}"
+        path.write_bytes(make())
+        paths.append(str(path))
+    probe = subprocess.run(
+        [sys.executable, "-c", _RSS_PROBE, str(version_dir), str(tmp_path / "good.png"), *paths],
+        capture_output=True, text=True, timeout=300,
+        env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    report = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert report["refused"] == 6
+    assert report["growth_kb"] < 50 * 1024, report
+
+
 # -- warm-up -----------------------------------------------------------------------------
 
 
@@ -364,8 +564,9 @@ def test_warmup_requests_run_through_every_signature(version_dir, reloaded):
         signature = request.model_spec.signature_name
         batch = tf.constant(tf.make_ndarray(request.inputs["images"]))
         outputs = reloaded.signatures[signature](images=batch)
-        key = "embeddings" if signature == "embed" else "class_ids"
-        expected = (1, 8, 16) if signature == "embed" else (1, 64, 128)
+        key = "embeddings" if signature.startswith("embed") else "class_ids"
+        expected = {"embed": (1, 4, 8), "embed_synth_city": (1, 4, 8),  # 64x128 at 0.5, stride 8
+                    "embed_synth_camvid": (1, 6, 12)}.get(signature, (1, 64, 128))
         assert tuple(outputs[key].shape[:3]) == expected, signature
 
 

@@ -31,7 +31,7 @@ def collect_features(model, dataset, domain, num_classes, pixels_per_class, seed
 
     @tf.function
     def encode(images, labels):
-        features = model.encode(images, training=False)
+        features = model.features(images, domain, training=False)
         grid = tf.image.resize(labels[..., None], tf.shape(features)[1:3], method="nearest")
         return features, grid[..., 0]
 

@@ -138,13 +138,21 @@ def evaluate(run_dir, split, domains, json_path, predictions, batch_size):
               type=click.Path(file_okay=False), help="TF Serving model base path.")
 @click.option("--version", type=click.IntRange(min=1), default=None,
               help="Version folder to write (default: the next integer); never overwritten.")
+@click.option("--max-image-pixels", type=click.IntRange(min=1), default=None,
+              help="Largest image (height x width) the signatures accept "
+                   "[default: 8388608, a 2048x2048 image with a 2x margin].")
+@click.option("--max-request-pixels", type=click.IntRange(min=1), default=None,
+              help="Most pixels of all images in one request [default: 33554432].")
 @_friendly_errors
-def export_command(run_dir, model_base, version):
+def export_command(run_dir, model_base, version, max_image_pixels, max_request_pixels):
     """Export a run's final model as a TF Serving SavedModel; prints the version folder."""
     from usss_tf import export as export_lib
 
+    limits = {"max_image_pixels": max_image_pixels or export_lib.MAX_IMAGE_PIXELS,
+              "max_request_pixels": max_request_pixels or export_lib.MAX_REQUEST_PIXELS}
     path = export_lib.export_run(
-        run_dir, model_base=model_base, version=version, echo=lambda m: click.echo(m, err=True)
+        run_dir, model_base=model_base, version=version, echo=lambda m: click.echo(m, err=True),
+        **limits,
     )
     click.echo(str(path))
 

@@ -6,10 +6,12 @@ the per-class IoU, mIoU and pixel accuracy (the Cityscapes benchmark's
 definitions; on Cityscapes-layout data the figures equal those of
 ``cityscapesscripts``' pixel-level evaluation of the same predictions).
 
-Unlike the validation pass during training (padded batches, ``max_val_images``),
-images are never padded: consecutive images of the same size share a batch,
-and each image is predicted at the domain's ``scale`` and upsampled to its
-label's own size. Predictions can be written as PNGs in the dataset's raw ids
+Images are never padded: consecutive images of the same size share a batch,
+and each image goes through the model's one inference path (the domain's
+``scale``, normalisation, encoder, decoder) and is upsampled to its label's own
+size. Validation during training is this same function on the first
+``data.max_val_images`` images, and the exported signatures run the same path,
+so a served model predicts what this module measures. Predictions can be written as PNGs in the dataset's raw ids
 (Cityscapes: labelIds, what its official scripts and server expect) and/or as
 colourised images.
 """
@@ -19,13 +21,12 @@ import pathlib
 import time
 
 import numpy as np
-import tensorflow as tf
 from PIL import Image
 
 from usss_tf import domains as domain_registry
 from usss_tf import metrics as metrics_lib
-from usss_tf import runs
-from usss_tf.data import pipeline, readers, sources
+from usss_tf import inference, runs
+from usss_tf.data import readers, sources
 from usss_tf.errors import ConfigError, UnknownDomainError
 
 
@@ -55,60 +56,6 @@ def _select_domains(config, names):
     return [(i, d) for i, d in enumerate(config.domains) if not names or d.name in names]
 
 
-class Predictor:
-    """Class ids of one domain at a given output size, one traced function for all sizes."""
-
-    def __init__(self, model, domain_name, scale):
-        self.model = model
-        self.domain_name = domain_name
-        self.scale = float(scale)
-        self._predict = tf.function(
-            self._predict_batch,
-            input_signature=[
-                tf.TensorSpec([None, None, None, 3], tf.uint8),
-                tf.TensorSpec([2], tf.int32),
-            ],
-        )
-
-    def _predict_batch(self, images, label_size):
-        images = tf.cast(images, tf.float32)
-        if self.scale != 1.0:
-            size = pipeline.scaled_size(tf.shape(images)[1:3], self.scale)
-            images = tf.image.resize(images, tf.maximum(size, 1), method="bilinear")
-        features = self.model.encode(images, training=False)
-        logits = self.model.decode(features, self.domain_name, label_size)
-        return tf.cast(tf.argmax(logits, axis=-1), tf.uint8)
-
-    def __call__(self, images, label_size):
-        return self._predict(tf.convert_to_tensor(images, tf.uint8),
-                             tf.constant(label_size, tf.int32)).numpy()
-
-
-def _load_pairs(examples, table):
-    """Yields (example, image uint8 [H,W,3], train-id label uint8 [h,w]), decoded in parallel."""
-    paths = tf.data.Dataset.from_tensor_slices(
-        (tf.constant([e.image for e in examples]), tf.constant([e.label for e in examples]))
-    )
-    decoded = paths.map(
-        lambda image, label: (pipeline.decode_image(image), pipeline.decode_label(label, table)),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
-    ).prefetch(tf.data.AUTOTUNE)
-    for example, (image, label) in zip(examples, decoded.as_numpy_iterator()):
-        yield example, image, label
-
-
-def _same_size_batches(pairs, batch_size):
-    batch = []
-    for item in pairs:
-        if batch and (item[1].shape != batch[0][1].shape or item[2].shape != batch[0][2].shape
-                      or len(batch) == batch_size):
-            yield batch
-            batch = []
-        batch.append(item)
-    if batch:
-        yield batch
-
-
 def _prediction_name(example):
     stem = pathlib.PurePosixPath(example.key).name
     for suffix in ("_leftImg8bit",):
@@ -116,9 +63,14 @@ def _prediction_name(example):
     return pathlib.PurePosixPath(example.key).parent / stem
 
 
-def evaluate_domain(model, domain, examples, scale=1.0, batch_size=4, predictions_dir=None,
-                    colorized_dir=None):
+def evaluate_domain(model, domain, examples, batch_size=4, predictions_dir=None,
+                    colorized_dir=None, predictor=None):
     """Figures of ``model`` on ``examples`` of ``domain`` (every image, no padding).
+
+    Each image is predicted by the model's one inference path (the domain's
+    scale, as the model records it) and upsampled to its label's size.
+    Validation during training calls this too, with its ``predictor``
+    (an ``inference.DomainPredictor`` kept across validations: one trace).
 
     Returns a dict with ``miou``, ``per_class_iou`` (class name -> IoU or None),
     ``pixel_accuracy``, ``num_images``, ``num_pixels``, ``class_names`` and
@@ -129,14 +81,13 @@ def evaluate_domain(model, domain, examples, scale=1.0, batch_size=4, prediction
     missing = [e.image for e in examples if not e.label]
     if missing:
         raise ConfigError(f"domain {domain.name!r}: no label for {missing[0]}")
-    predictor = Predictor(model, domain.name, scale)
-    table = domain.lookup_table()
+    predictor = predictor or inference.DomainPredictor(model, domain.name)
     to_raw = train_to_raw(domain)
     confusion = np.zeros((domain.num_classes, domain.num_classes), np.int64)
-    for batch in _same_size_batches(_load_pairs(examples, table), batch_size):
-        images = np.stack([image for _, image, _ in batch])
-        labels = np.stack([label for _, _, label in batch])
-        predicted = predictor(images, labels.shape[1:3])
+    pairs = inference.load_examples(examples, domain.lookup_table())
+    for batch in inference.same_size_batches(pairs, batch_size):
+        images, labels = inference.stack(batch)
+        predicted = predictor.class_ids(images, labels.shape[1:3])
         confusion += metrics_lib.confusion_matrix(labels, predicted, domain.num_classes)
         for (example, image, _), ids in zip(batch, predicted):
             name = _prediction_name(example)
@@ -217,7 +168,7 @@ def evaluate_run(run_dir, split="val", domains=None, batch_size=None, prediction
         started = time.perf_counter()
         out = pathlib.Path(predictions_dir) / domain.name if predictions_dir else None
         results[domain.name] = evaluate_domain(
-            loaded.model, domain, examples, domain_config.scale, batch_size,
+            loaded.model, domain, examples, batch_size,
             predictions_dir=out / "ids" if out else None,
             colorized_dir=out / "color" if out else None,
         )

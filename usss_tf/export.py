@@ -7,16 +7,27 @@ requests TF Serving replays before it marks a version AVAILABLE). A version
 is written into a hidden temporary sibling and renamed into place, so a
 server watching ``model_base`` never sees half a version.
 
-Signatures (every output is a dict with stable keys):
+Signatures (every output is a dict with stable keys). Each runs the model's
+one inference path (``UniversalSegmenter.segment`` / ``nearest_classes``): the
+domain's scale, normalisation, encoder, decoder, upsampling to the input
+resolution; so a served image gets the class ids ``usss-tf evaluate`` measured.
 
 * ``segment_<domain>``: ``images`` tf.string [B] of PNG/JPEG bytes, all of
   one size -> ``class_ids`` uint8 [B, H, W] and ``probabilities`` float32
   [B, H, W, C_domain] at the input resolution;
 * ``segment_<domain>_tensor``: ``images`` uint8 [B, H, W, 3] -> the same;
 * ``serving_default``: the first domain's bytes signature;
-* ``embed``: ``images`` tf.string [B] -> ``embeddings`` float32 [B, h, w, d]
-  (unit-norm pixel embeddings at stride 8) and ``nearest_class_<domain>``
-  uint8 [B, H, W] for every domain: the image labelled in every label space.
+* ``embed_<domain>``: ``images`` tf.string [B] of that domain ->
+  ``embeddings`` float32 [B, h, w, d] (unit-norm pixel embeddings at stride 8)
+  and ``nearest_class_<d>`` uint8 [B, H, W] for every domain d: the image
+  labelled in every label space; ``embed`` is the first domain's.
+
+Decompression bombs: before decoding, every bytes signature reads each
+image's declared size from its PNG (IHDR) or JPEG (SOF) header and refuses an
+image above ``max_image_pixels`` or a request above ``max_request_pixels`` in
+total; the tensor signatures check their shape against the same limits. The
+limits and each domain's scale are recorded in ``assets/domains.json``. The
+check is in the graph, so the real ``tensorflow_model_server`` enforces it too.
 
 Signatures are plain ``tf.function``s on a ``tf.Module`` with explicit input
 signatures, so the export loads under the TF1 session loader TF Serving uses
@@ -36,6 +47,9 @@ import tensorflow as tf
 from usss_tf.domains import IGNORE_LABEL
 from usss_tf.errors import ExportError
 
+EXPORT_FORMAT = 2  # 2: domain scale and pixel limits in the graph (1: neither).
+MAX_IMAGE_PIXELS = 2**23  # 8.4 M: a 2048x2048 image with a 2x margin (4096x2048).
+MAX_REQUEST_PIXELS = 2**25  # 33.6 M: e.g. 16 Cityscapes frames (2048x1024) in one request.
 SERVING_TAG = "serve"
 DOMAINS_ASSET = "domains.json"
 DOMAINS_EXTRA = "usss_domains.json"
@@ -57,27 +71,43 @@ def tensor_signature(domain_name):
     return f"segment_{domain_name}_tensor"
 
 
+def embed_signature(domain_name):
+    """Name of the embedding-branch signature for images of one domain."""
+    return f"{EMBED_SIGNATURE}_{domain_name}"
+
+
 def signature_names(domain_names, with_embedding=True):
     """Every signature an export of these domains holds, in a stable order."""
     names = ["serving_default"]
     for name in domain_names:
         names += [segment_signature(name), tensor_signature(name)]
-    return names + ([EMBED_SIGNATURE] if with_embedding else [])
+    if with_embedding:
+        names += [EMBED_SIGNATURE] + [embed_signature(name) for name in domain_names]
+    return names
 
 
-def domains_manifest(domains):
-    """The JSON-ready list of domains written into the export's assets."""
-    return [
-        {
-            "name": d.name,
-            "num_classes": d.num_classes,
-            "class_names": list(d.class_names),
-            "palette": [list(rgb) for rgb in d.palette],
-            "ignore_label": IGNORE_LABEL,
-            "description": d.description,
-        }
-        for d in domains
-    ]
+def export_manifest(domains, scales, max_image_pixels, max_request_pixels):
+    """The JSON-ready description written into the export's assets.
+
+    ``scales`` maps domain name -> the scale its signatures resize images by.
+    """
+    return {
+        "format": EXPORT_FORMAT,
+        "max_image_pixels": int(max_image_pixels),
+        "max_request_pixels": int(max_request_pixels),
+        "domains": [
+            {
+                "name": d.name,
+                "num_classes": d.num_classes,
+                "class_names": list(d.class_names),
+                "palette": [list(rgb) for rgb in d.palette],
+                "ignore_label": IGNORE_LABEL,
+                "scale": float(scales[d.name]),
+                "description": d.description,
+            }
+            for d in domains
+        ],
+    }
 
 
 # -- graph pieces ------------------------------------------------------------------------
@@ -103,11 +133,65 @@ def _decode(data):
     return tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
 
 
-def decode_images(images):
+def _png_size(data):
+    """(height, width) int64 from a PNG's IHDR chunk, read without decoding."""
+    header = tf.cast(tf.io.decode_raw(tf.strings.substr(data, 12, 12), tf.uint8, fixed_length=12),
+                     tf.int64)
+    valid = tf.logical_and(tf.strings.length(data) >= 24,
+                           tf.equal(tf.strings.substr(data, 12, 4), b"IHDR"))
+    check = tf.debugging.Assert(valid, ["a PNG image whose header is truncated or has no IHDR chunk"])
+    with tf.control_dependencies([check]):
+        width = header[4] * 2**24 + header[5] * 2**16 + header[6] * 2**8 + header[7]
+        height = header[8] * 2**24 + header[9] * 2**16 + header[10] * 2**8 + header[11]
+    return tf.stack([height, width])
+
+
+def _declared_size(data):
+    """(height, width) int64 a PNG or JPEG header declares; nothing is decoded."""
+    is_png = tf.equal(tf.strings.substr(data, 0, len(_PNG_MAGIC)), _PNG_MAGIC)
+    return tf.cond(
+        is_png,
+        lambda: _png_size(data),
+        lambda: tf.cast(tf.io.extract_jpeg_shape(data)[:2], tf.int64),
+    )
+
+
+def _first_index(condition):
+    """Index of the first true element of a bool vector, or its length when none is."""
+    return tf.reduce_min(tf.concat(
+        [tf.where(condition)[:, 0], [tf.size(condition, out_type=tf.int64)]], 0))
+
+
+def check_pixel_limits(sizes, max_image_pixels, max_request_pixels):
+    """Assertions that no image of ``sizes`` (int64 [B, 2]) and not their sum exceed the limits."""
+    pixels = sizes[:, 0] * sizes[:, 1]
+    over = pixels > max_image_pixels
+    first = _first_index(over)
+    shown = tf.minimum(first, tf.maximum(tf.size(pixels, out_type=tf.int64) - 1, 0))
+    shown_size = tf.gather(sizes, shown)
+    image_check = tf.debugging.Assert(~tf.reduce_any(over), [tf.strings.format(
+        "input 'images': image {} is {}x{} (height x width) = {} pixels, above the "
+        "limit of {} pixels per image (max_image_pixels) of this export; send a smaller image",
+        (first, shown_size[0], shown_size[1], tf.gather(pixels, shown), max_image_pixels),
+    )])
+    total = tf.reduce_sum(pixels)
+    request_check = tf.debugging.Assert(total <= max_request_pixels, [tf.strings.format(
+        "input 'images': the request holds {} pixels in {} images, above the limit of {} "
+        "pixels per request (max_request_pixels) of this export; send fewer images per request",
+        (total, tf.size(pixels), max_request_pixels),
+    )])
+    return [image_check, request_check]
+
+
+def decode_images(images, max_image_pixels=MAX_IMAGE_PIXELS, max_request_pixels=MAX_REQUEST_PIXELS):
     """tf.string [B] of PNG/JPEG bytes -> uint8 [B, H, W, 3].
 
-    Each image is decoded once. An empty request, bytes that are not a
-    PNG/JPEG image and images of different sizes fail with a message saying so.
+    Before anything is decoded, each image's size is read from its header and
+    checked against the pixel limits, so a small file that declares a huge
+    image costs its bytes and no more. Each image is then decoded once. An
+    empty request, bytes that are not a PNG/JPEG image, a truncated header,
+    an image over a limit and images of different sizes fail with a message
+    saying so.
     """
     count = tf.size(images)
     checks = [
@@ -117,6 +201,8 @@ def decode_images(images):
         _check_encodings(images),
     ]
     with tf.control_dependencies(checks):
+        sizes = tf.map_fn(_declared_size, images, fn_output_signature=tf.TensorSpec([2], tf.int64))
+    with tf.control_dependencies(check_pixel_limits(sizes, max_image_pixels, max_request_pixels)):
         first = _decode(images[0])
     size = tf.shape(first)
     decoded = tf.TensorArray(tf.uint8, size=count, element_shape=[None, None, 3])
@@ -136,35 +222,25 @@ def decode_images(images):
             return i + 1, decoded.write(i, image)
 
     _, decoded = tf.while_loop(lambda i, _: i < count, decode_one, (tf.constant(1), decoded))
-    return decoded.stack()
+    images = decoded.stack()
+    # The decoders size their output from the same headers; checked all the same.
+    decoded_size = tf.cast(tf.shape(images)[1:3], tf.int64)
+    consistent = tf.debugging.Assert(
+        tf.reduce_all(tf.equal(decoded_size, sizes[0])),
+        [tf.strings.format("input 'images': image 0 decodes to {}x{} but its header declares {}x{}",
+                           (decoded_size[0], decoded_size[1], sizes[0][0], sizes[0][1]))],
+    )
+    with tf.control_dependencies([consistent]):
+        return tf.identity(images)
 
 
-def segment(model, images, domain_name):
-    """uint8 [B, H, W, 3] -> one domain's ``class_ids`` and ``probabilities`` at [H, W].
-
-    The same computation as ``model(images)[domain_name]``, for one decoder only.
-    """
-    features = model.encode(images, training=False)
-    logits = model.decode(features, domain_name, tf.shape(images)[1:3])
-    return {
-        "class_ids": tf.cast(tf.argmax(logits, axis=-1), tf.uint8),
-        "probabilities": tf.nn.softmax(logits, axis=-1),
-    }
-
-
-def embed(model, images):
-    """uint8 [B, H, W, 3] -> ``embeddings`` at stride 8 and ``nearest_class_<domain>`` at [H, W].
-
-    The nearest class is the argmax of the domain's centroid similarity,
-    upsampled bilinearly like the decoders' logits.
-    """
-    size = tf.shape(images)[1:3]
-    embeddings = model.embed(model.encode(images, training=False))
-    outputs = {"embeddings": embeddings}
-    for name in model.domain_names:
-        similarity = tf.image.resize(model.similarity_logits(embeddings, name), size, "bilinear")
-        outputs[f"nearest_class_{name}"] = tf.cast(tf.argmax(similarity, axis=-1), tf.uint8)
-    return outputs
+def check_tensor_images(images, max_image_pixels=MAX_IMAGE_PIXELS,
+                        max_request_pixels=MAX_REQUEST_PIXELS):
+    """uint8 [B, H, W, 3] passed through once their shape is within the pixel limits."""
+    shape = tf.shape(images, out_type=tf.int64)
+    sizes = tf.tile(shape[None, 1:3], [shape[0], 1])
+    with tf.control_dependencies(check_pixel_limits(sizes, max_image_pixels, max_request_pixels)):
+        return tf.identity(images)
 
 
 def _named(function, name):
@@ -172,27 +248,37 @@ def _named(function, name):
     return function
 
 
-def serving_functions(model, with_embedding=True):
-    """``{signature name: tf.function}`` with explicit input signatures, for every signature."""
+def serving_functions(model, with_embedding=True, max_image_pixels=MAX_IMAGE_PIXELS,
+                      max_request_pixels=MAX_REQUEST_PIXELS):
+    """``{signature name: tf.function}`` with explicit input signatures, for every signature.
+
+    Every function is the model's inference path (``segment`` or
+    ``nearest_classes``) behind the input checks; none restates it.
+    """
     bytes_spec = tf.TensorSpec([None], tf.string, name="images")
     tensor_spec = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
+    limits = dict(max_image_pixels=max_image_pixels, max_request_pixels=max_request_pixels)
     functions = {}
     for name in model.domain_names:
         functions[segment_signature(name)] = tf.function(
-            _named(lambda images, d=name: segment(model, decode_images(images), d),
+            _named(lambda images, d=name: model.segment(decode_images(images, **limits), d),
                    segment_signature(name)),
             input_signature=[bytes_spec],
         )
         functions[tensor_signature(name)] = tf.function(
-            _named(lambda images, d=name: segment(model, images, d), tensor_signature(name)),
+            _named(lambda images, d=name: model.segment(check_tensor_images(images, **limits), d),
+                   tensor_signature(name)),
             input_signature=[tensor_spec],
         )
     functions["serving_default"] = functions[segment_signature(model.domain_names[0])]
     if with_embedding:
-        functions[EMBED_SIGNATURE] = tf.function(
-            _named(lambda images: embed(model, decode_images(images)), EMBED_SIGNATURE),
-            input_signature=[bytes_spec],
-        )
+        for name in model.domain_names:
+            functions[embed_signature(name)] = tf.function(
+                _named(lambda images, d=name: model.nearest_classes(
+                    decode_images(images, **limits), d), embed_signature(name)),
+                input_signature=[bytes_spec],
+            )
+        functions[EMBED_SIGNATURE] = functions[embed_signature(model.domain_names[0])]
     return functions
 
 
@@ -207,13 +293,13 @@ class SegmenterServingModule(tf.Module):
     hides the problem; tracking the underlying variables saves each weight once.
     """
 
-    def __init__(self, model, domains_json_path, with_embedding=True):
+    def __init__(self, model, domains_json_path, with_embedding=True, **limits):
         super().__init__(name="usss_serving")
         self.model_variables = [v.value for v in model.weights]
         self.domains_asset = tf.saved_model.Asset(str(domains_json_path))
         self.serving_signatures = {
             name: function.get_concrete_function()
-            for name, function in serving_functions(model, with_embedding).items()
+            for name, function in serving_functions(model, with_embedding, **limits).items()
         }
 
 
@@ -279,7 +365,8 @@ def _check_domains(model, domains):
 
 
 def export_model(model, domains, export_dir, warmup_image_size=(64, 128), model_name="usss",
-                 with_embedding=True):
+                 with_embedding=True, max_image_pixels=MAX_IMAGE_PIXELS,
+                 max_request_pixels=MAX_REQUEST_PIXELS):
     """Writes a built ``UniversalSegmenter`` as a SavedModel into ``export_dir``.
 
     Args:
@@ -288,8 +375,10 @@ def export_model(model, domains, export_dir, warmup_image_size=(64, 128), model_
       export_dir: the folder to create; it must not exist.
       warmup_image_size: (H, W) of the synthetic warm-up images.
       model_name: ``model_spec.name`` of the warm-up requests.
-      with_embedding: export the ``embed`` signature (only meaningful once the
+      with_embedding: export the ``embed`` signatures (only meaningful once the
         label centroids were fitted: ``univ_full`` runs).
+      max_image_pixels, max_request_pixels: the largest image (H x W) and
+        the most pixels in one request the signatures accept.
     Returns:
       ``export_dir`` as a ``pathlib.Path``.
     """
@@ -297,12 +386,15 @@ def export_model(model, domains, export_dir, warmup_image_size=(64, 128), model_
     if export_dir.exists():
         raise ExportError(f"{export_dir} already exists; an export never overwrites a folder")
     _check_domains(model, domains)
-    manifest = json.dumps(domains_manifest(domains), indent=2) + "\n"
+    if min(max_image_pixels, max_request_pixels) < 1:
+        raise ExportError("max_image_pixels and max_request_pixels must be positive integers")
+    limits = dict(max_image_pixels=int(max_image_pixels), max_request_pixels=int(max_request_pixels))
+    manifest = json.dumps(export_manifest(domains, model.scales, **limits), indent=2) + "\n"
     try:
         with tempfile.TemporaryDirectory(prefix="usss-export-") as scratch:
             asset = pathlib.Path(scratch) / DOMAINS_ASSET  # Copied into assets/ by the save.
             asset.write_text(manifest)
-            module = SegmenterServingModule(model, asset, with_embedding)
+            module = SegmenterServingModule(model, asset, with_embedding, **limits)
             tf.saved_model.save(module, str(export_dir), signatures=module.serving_signatures)
         extra = export_dir / "assets.extra"
         extra.mkdir()
@@ -331,7 +423,8 @@ def next_version(model_base):
     return versions[-1] + 1 if versions else 1
 
 
-def export_run(run_dir, model_base="saved_models/usss", version=None, echo=None):
+def export_run(run_dir, model_base="saved_models/usss", version=None, echo=None,
+               max_image_pixels=MAX_IMAGE_PIXELS, max_request_pixels=MAX_REQUEST_PIXELS):
     """Exports a run directory's final model as ``<model_base>/<version>/``.
 
     The version is written into a temporary sibling whose name starts with
@@ -370,9 +463,10 @@ def export_run(run_dir, model_base="saved_models/usss", version=None, echo=None)
         with_embedding = loaded.config.method == "univ_full" and (
             loaded.run_dir / "checkpoints" / "centroids").is_dir()
         if not with_embedding and echo is not None:
-            echo(f"note: method {loaded.config.method}: no label centroids, so no 'embed' signature")
+            echo(f"note: method {loaded.config.method}: no label centroids, so no 'embed' signatures")
         export_model(loaded.model, loaded.domains, staging, model_name=model_base.name,
-                     with_embedding=with_embedding)
+                     with_embedding=with_embedding, max_image_pixels=max_image_pixels,
+                     max_request_pixels=max_request_pixels)
         if target.exists():  # Another export took this version meanwhile.
             raise ExportError(f"{target} already exists; pick another --version or leave it out")
         os.rename(staging, target)

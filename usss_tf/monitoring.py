@@ -24,8 +24,7 @@ import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp
 
 from usss_tf import config as config_lib
-from usss_tf import projector, visualize
-from usss_tf.data import pipeline
+from usss_tf import inference, projector, visualize
 
 PANEL_DESCRIPTION = (
     "input | ground truth | prediction{} — colours are the domain's palette, ignore is black"
@@ -85,9 +84,12 @@ class RunMonitor:
       has_centroids: ``() -> bool``, whether the model has fitted label
         centroids yet (the centroid stage finished); asked only when panels
         or the projector are written.
+      predictors: optional dict domain -> ``inference.DomainPredictor`` shared
+        with validation, so the inference path is traced once per run.
     """
 
-    def __init__(self, log_dir, domain_inputs, config, writer, has_centroids=lambda: False):
+    def __init__(self, log_dir, domain_inputs, config, writer, has_centroids=lambda: False,
+                 predictors=None):
         self.log_dir = pathlib.Path(log_dir)
         self.has_centroids = has_centroids
         self.inputs = list(domain_inputs)
@@ -98,6 +100,7 @@ class RunMonitor:
         interval = train.eval_every or train.checkpoint_every
         self.image_every = interval if train.image_every is None else train.image_every
         self._samples = None
+        self._predictors = {} if predictors is None else predictors
         self._last_panel_step = None
 
     # -- hyper-parameters -----------------------------------------------------------
@@ -168,37 +171,34 @@ class RunMonitor:
             self.write_panels(model, global_step, self.has_centroids())
 
     def _panel_samples(self):
-        """``{domain: [(model input [1, h, w, 3], display image [H, W, 3], labels [H, W])]}``."""
+        """``{domain: [(image uint8 [1, h, w, 3], display image [H, W, 3], labels [H, W])]}``."""
         if self._samples is None:
             self._samples = {}
             for inputs in self.inputs:
                 examples = sorted(inputs.val, key=lambda e: e.key)[: self.panel_images]
-                if not examples:
-                    continue
-                dataset = pipeline.eval_dataset(
-                    inputs.domain, examples, inputs.scale, batch_size=1, keyed=False
-                )
                 samples = []
-                for images, labels in dataset:
-                    label_size = tf.shape(labels)[1:3]
-                    display = tf.image.resize(images, label_size)[0] if inputs.scale != 1.0 else images[0]
-                    samples.append((images, display.numpy(), labels[0].numpy()))
-                self._samples[inputs.domain.name] = samples
+                for _, image, labels in inference.load_examples(
+                        examples, inputs.domain.lookup_table()):
+                    display = image
+                    if image.shape[:2] != labels.shape:
+                        display = tf.image.resize(image, labels.shape, "bilinear").numpy()
+                    samples.append((image[None], display, labels))
+                if samples:
+                    self._samples[inputs.domain.name] = samples
         return self._samples
 
     def predict_panels(self, model, domain, with_centroids=False):
-        """``uint8 [N, H, W * P, 3]`` panels of ``domain``'s fixed validation images."""
+        """``uint8 [N, H, W * P, 3]`` panels of ``domain``'s fixed validation images.
+
+        Predictions come from the model's one inference path
+        (``inference.DomainPredictor``), the one evaluation and export use.
+        """
+        predictor = inference.cached_predictor(self._predictors, model, domain.name)
         rows = []
-        for images, display, labels in self._panel_samples().get(domain.name, []):
-            size = labels.shape
-            features = model.encode(images, training=False)
-            prediction = tf.argmax(model.decode(features, domain.name, size), axis=-1)[0]
-            centroid_map = None
-            if with_centroids:
-                similarity = model.similarity_logits(model.embed(features), domain.name)
-                similarity = tf.image.resize(similarity, size, method="bilinear")
-                centroid_map = tf.argmax(similarity, axis=-1)[0].numpy()
-            rows.append(visualize.panel_row(domain, display, labels, prediction.numpy(), centroid_map))
+        for image, display, labels in self._panel_samples().get(domain.name, []):
+            prediction = predictor.class_ids(image, labels.shape)[0]
+            centroid_map = predictor.nearest_class(image, labels.shape)[0] if with_centroids else None
+            rows.append(visualize.panel_row(domain, display, labels, prediction, centroid_map))
         return visualize.stack_rows(rows) if rows else None
 
     def write_panels(self, model, global_step, with_centroids=False):

@@ -39,7 +39,8 @@ import tensorflow as tf
 
 from usss_tf import centroids as centroid_stage
 from usss_tf import config as config_lib
-from usss_tf import metrics as metrics_lib
+from usss_tf import evaluate as evaluate_lib
+from usss_tf import inference
 from usss_tf.callbacks import TrainingLogger
 from usss_tf.data import pipeline, sources
 from usss_tf.errors import ConfigError
@@ -108,7 +109,7 @@ class Experiment:
         self.inputs = None
         self.monitor = None  # usss_tf.monitoring.RunMonitor, made by setup().
         self.confusions = {}  # domain -> confusion matrix of the latest evaluate().
-        self._test_functions = {}  # domain -> Keras test function, kept across compiles.
+        self._predictors = {}  # domain -> inference.DomainPredictor, traced once per run.
 
     # -- run directory --------------------------------------------------------------
 
@@ -173,6 +174,7 @@ class Experiment:
         self.monitor = RunMonitor(
             self.run_dir / "tensorboard", self.inputs, cfg, self.val_writer,
             has_centroids=lambda: "centroids" in self._stages_done(),
+            predictors=self._predictors,
         )
         self.monitor.write_hparams()
 
@@ -335,7 +337,7 @@ class Experiment:
     def _centroid_datasets(self):
         return {
             i.domain.name: pipeline.eval_dataset(
-                i.domain, i.labeled, i.scale, self.config.data.eval_batch_size
+                i.domain, i.labeled, self.config.data.eval_batch_size
             )
             for i in self.inputs
         }
@@ -376,25 +378,20 @@ class Experiment:
         return next(i.domain for i in self.inputs if i.domain.name == name)
 
     def evaluate(self):
-        """Validation figures per domain: mIoU, per-class IoU, pixel accuracy."""
-        if self.model.compiled is False or getattr(self.model, "optimizer", None) is None:
-            with self.strategy.scope():
-                self.model.compile(optimizer=_make_optimizer(self.config.train, 1))
+        """Validation figures per domain: mIoU, per-class IoU, pixel accuracy.
+
+        The same function as ``usss-tf evaluate`` (``evaluate.evaluate_domain``)
+        on the first ``data.max_val_images`` validation images, with one traced
+        predictor per domain kept across validations.
+        """
         results = {}
         for inputs in self.inputs:
             name = inputs.domain.name
-            dataset = pipeline.eval_dataset(
-                inputs.domain, inputs.val, inputs.scale, self.config.data.eval_batch_size
+            summary = evaluate_lib.evaluate_domain(
+                self.model, inputs.domain, inputs.val, self.config.data.eval_batch_size,
+                predictor=inference.cached_predictor(self._predictors, self.model, name),
             )
-            # One Keras test function per domain (its input structure), kept across
-            # the compile of each stage: no re-tracing at every validation.
-            self.model.test_function = self._test_functions.get(name)
-            self.model.evaluate(dataset, verbose=0)
-            self._test_functions[name] = self.model.test_function
-            confusion = np.asarray(self.model.confusion(name).matrix).astype(np.int64)
-            self.confusions[name] = confusion
-            summary = metrics_lib.summarize(confusion, list(inputs.domain.class_names))
-            summary["num_images"] = len(inputs.val)
+            self.confusions[name] = np.asarray(summary.pop("confusion_matrix"), np.int64)
             results[name] = summary
         return results
 

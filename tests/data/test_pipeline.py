@@ -87,7 +87,7 @@ def test_labels_go_through_the_domain_table(tmp_path):
     cfg = _config(root)
     cfg.domains = cfg.domains[1:]  # camvid only: raw 7..10 are not in synth_camvid's space
     inputs = sources.prepare_domains(cfg)
-    ds = pipeline.eval_dataset(inputs[0].domain, inputs[0].val, 1.0, 2)
+    ds = pipeline.eval_dataset(inputs[0].domain, inputs[0].val, 2)
     labels = np.concatenate([b["camvid"]["labels"].numpy().ravel() for b in ds])
     assert 255 in labels and 11 not in labels
 
@@ -97,7 +97,7 @@ def test_one_pass_covers_every_labelled_image_once(camvid_tree):
                                         "photometric": False}, crop=[32, 64], batch_size=3)
     inputs = sources.prepare_domains(cfg)
     (batch,) = _take(pipeline.train_dataset(inputs, cfg.data, 0, 0, 1, with_unlabeled=False), 1)
-    ds = pipeline.eval_dataset(inputs[0].domain, inputs[0].labeled, 1.0, 3)
+    ds = pipeline.eval_dataset(inputs[0].domain, inputs[0].labeled, 3)
     expected = next(iter(ds))["synth_camvid"]["images"].numpy()
     got = batch["synth_camvid"]["images"]
     # Same three images, in a seeded order.

@@ -208,7 +208,7 @@ def test_sunrgbd_list_form_end_to_end(tmp_path):
     assert len(inputs.labeled) == 2 and len(inputs.val) == 2
     assert inputs.val[0].label == str(root / "label37" / "test" / "00000001.png")
     # Raw 0 (unlabelled) -> ignore, raw 1..37 -> train ids 0..36.
-    batch = next(iter(pipeline.eval_dataset(inputs.domain, inputs.val, 1.0, 2)))
+    batch = next(iter(pipeline.eval_dataset(inputs.domain, inputs.val, 2)))
     labels = batch["sunrgbd"]["labels"].numpy()
     raw = np.stack([np.asarray(Image.open(e.label)) for e in inputs.val]).astype(int)
     np.testing.assert_array_equal(labels, np.where(raw == 0, 255, raw - 1))

@@ -127,7 +127,7 @@ def test_raw_ids_map_to_train_ids_end_to_end(prepared):
     })
     (inputs,) = sources.prepare_domains(config)
     assert len(inputs.labeled) == 2 and len(inputs.unlabeled) == 3 and len(inputs.val) == 2
-    batch = next(iter(pipeline.eval_dataset(inputs.domain, inputs.val, 1.0, 2)))
+    batch = next(iter(pipeline.eval_dataset(inputs.domain, inputs.val, 2)))
     labels = batch["cityscapes"]["labels"].numpy()
     raw = np.stack([np.asarray(Image.open(e.label)) for e in inputs.val])
     official = np.full(256, 255)

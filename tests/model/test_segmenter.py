@@ -44,7 +44,7 @@ def test_centroids_are_non_trainable_weights_and_embeddings_unit_norm():
     names = [w.path for w in model.non_trainable_weights]
     assert any("centroids_a" in n for n in names) and any("centroids_b" in n for n in names)
     assert not any("centroids" in w.path for w in model.trainable_weights)
-    embeddings = model.embed(model.encode(tf.random.uniform([1, 32, 32, 3], 0, 255)))
+    embeddings = model.embed(model.features(tf.random.uniform([1, 32, 32, 3], 0, 255), "a"))
     np.testing.assert_allclose(tf.norm(embeddings, axis=-1).numpy(), 1.0, rtol=1e-5)
 
 
@@ -106,11 +106,41 @@ def test_single_domain_model_has_no_cross_domain_term():
     assert "within_entropy/only" in logs and "cross_entropy/only" not in logs
 
 
-def test_test_step_accumulates_the_confusion_matrix():
-    model = _model()
-    model.compile(optimizer="sgd")
-    labels = np.zeros((1, 16, 16), np.int32)
-    labels[0, :, :8] = 255
-    model.test_step({"a": {"images": tf.zeros([1, 16, 16, 3]), "labels": tf.constant(labels)}})
-    assert float(tf.reduce_sum(model.confusion("a").matrix)) == 16 * 8
-    assert float(tf.reduce_sum(model.confusion("b").matrix)) == 0
+def test_inference_path_applies_each_domains_scale():
+    model = _model(scales={"a": 0.5})
+    assert model.scales == {"a": 0.5, "b": 1.0}
+    images = tf.random.uniform([2, 40, 72, 3], 0, 255, seed=1)
+    # By hand: resize to the domain's scale, normalise, encode, decode at the input size.
+    half = tf.image.resize(images, (20, 36), method="bilinear")
+    features = model.encode(model.preprocessor("a").normalize(half))
+    expected = model.decode(features, "a", (40, 72))
+    logits = model.domain_logits(images, "a")
+    np.testing.assert_allclose(logits.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model(images)["a"].numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+    # Domain b is seen at full resolution: not the same features.
+    full = model.decode(model.encode(model.preprocessor("b")(images)), "b", (40, 72))
+    np.testing.assert_allclose(model(images)["b"].numpy(), full.numpy(), rtol=1e-5, atol=1e-5)
+    segmented = model.segment(images, "a", output_size=(10, 18))
+    assert segmented["class_ids"].dtype == tf.uint8 and segmented["class_ids"].shape == (2, 10, 18)
+    assert segmented["probabilities"].shape == (2, 10, 18, 3)
+    np.testing.assert_array_equal(
+        segmented["class_ids"].numpy(),
+        np.argmax(model.domain_logits(images, "a", (10, 18)).numpy(), -1),
+    )
+
+
+def test_nearest_classes_label_an_image_in_every_label_space():
+    model = _model(scales={"b": 0.5})
+    images = tf.random.uniform([1, 32, 48, 3], 0, 255, seed=2)
+    outputs = model.nearest_classes(images, "b")
+    assert outputs["embeddings"].shape == (1, 2, 3, 8)  # stride 8 of the 16x24 scaled image
+    assert outputs["nearest_class_a"].shape == outputs["nearest_class_b"].shape == (1, 32, 48)
+    assert int(tf.reduce_max(outputs["nearest_class_a"])) < 3
+
+
+def test_scales_survive_the_config_round_trip_and_unknown_domains_fail():
+    model = _model(scales={"a": 0.75})
+    clone = UniversalSegmenter.from_config(model.get_config())
+    assert clone.scales == {"a": 0.75, "b": 1.0}
+    with pytest.raises(ValueError, match="unknown domain"):
+        UniversalSegmenter(DOMAINS, width=0.25, scales={"c": 0.5})

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from usss_tf.domains import IGNORE_LABEL
 from usss_tf.errors import ConfigError, DatasetError
+from usss_tf.model.preprocessing import scaled_size
 
 AUTOTUNE = tf.data.AUTOTUNE
 LABELED_STREAM, UNLABELED_STREAM = 1, 2
@@ -96,11 +97,6 @@ def _resize_pair(image, label, size):
     image = tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear")
     label = tf.image.resize(label[..., None], size, method="nearest")[..., 0]
     return image, label
-
-
-def scaled_size(shape, scale):
-    """(H, W) scaled by ``scale`` and rounded, as training and evaluation resize images."""
-    return tf.cast(tf.round(tf.cast(shape, tf.float32) * scale), tf.int32)
 
 
 # -- augmentation -------------------------------------------------------------------
@@ -226,27 +222,24 @@ def train_dataset(domain_inputs, data_config, seed, start_step, num_steps, with_
 # -- evaluation ---------------------------------------------------------------------
 
 
-def eval_dataset(domain, examples, scale, batch_size, keyed=True):
-    """Validation batches ``{domain: {"images", "labels"}}`` at the label's resolution.
+def eval_dataset(domain, examples, batch_size, keyed=True):
+    """Batches ``{domain: {"images", "labels"}}`` of labelled images as stored.
 
-    Images are resized by the domain's ``scale``; labels keep their own size
-    (predictions are upsampled to it). Batches are padded: pixels padded in
-    the label are ignored.
+    Images are uint8 at their own resolution: the model's inference path
+    applies the domain's scale. Batches are padded (pixels padded in the label
+    are ignored), which suits pooling labelled pixels (the centroid stage);
+    figures per image come from ``usss_tf.evaluate``, which never pads.
     """
     table = domain.lookup_table()
     images = tf.constant([e.image for e in examples])
     labels = tf.constant([e.label for e in examples])
 
     def load(image_path, label_path):
-        image = tf.cast(decode_image(image_path), tf.float32)
-        if scale != 1.0:
-            image = tf.image.resize(image, scaled_size(tf.shape(image)[:2], scale))
-        label = tf.cast(decode_label(label_path, table), tf.int32)
-        return image, label
+        return decode_image(image_path), tf.cast(decode_label(label_path, table), tf.int32)
 
     ds = tf.data.Dataset.from_tensor_slices((images, labels))
     ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
-    ds = ds.padded_batch(batch_size, padding_values=(0.0, IGNORE_LABEL))
+    ds = ds.padded_batch(batch_size, padding_values=(tf.constant(0, tf.uint8), IGNORE_LABEL))
     if keyed:
         ds = ds.map(lambda x, y: {domain.name: {"images": x, "labels": y}})
     return ds.prefetch(AUTOTUNE)

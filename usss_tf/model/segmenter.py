@@ -12,19 +12,23 @@ for every domain, a labelled batch and an unlabelled batch:
 
 p_d is the softmax over domain d's classes of the similarity between a pixel's
 embedding and the label centroids (``LabelCentroids``).
+
+Inference has one path: ``domain_logits`` (images of one domain at any size
+-> that domain's class logits at a requested size), with ``segment`` (class
+ids and probabilities) and ``nearest_classes`` (the embedding branch's label
+in every domain's space) on top. Each starts with the domain's
+``DomainPreprocessor`` (its scale, then normalisation). Validation,
+``usss-tf evaluate``, the TensorBoard panels and every exported signature call
+these methods and nothing else.
 """
 
 import keras
 import tensorflow as tf
 
 from usss_tf import losses
-from usss_tf.metrics import ConfusionMatrix
 from usss_tf.model.backbones import build_backbone
 from usss_tf.model.heads import DomainDecoder, EmbeddingHead, LabelCentroids
-
-# ImageNet statistics; images enter the model as 0..255 RGB of any dtype.
-_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+from usss_tf.model.preprocessing import DomainPreprocessor
 
 LOSS_TERMS = ("supervised", "within_entropy", "cross_entropy", "embedding_supervision")
 
@@ -44,6 +48,8 @@ class UniversalSegmenter(keras.Model):
       dropout: ERFNet dropout rate.
       sync_batchnorm: normalise over all replicas under a distribution strategy.
       backbone_weights: optional local weights file for the backbone.
+      scales: optional mapping of domain name -> the scale its images are
+        resized by before the encoder (default 1.0), as in training.
     """
 
     def __init__(
@@ -57,12 +63,18 @@ class UniversalSegmenter(keras.Model):
         dropout=0.0,
         sync_batchnorm=False,
         backbone_weights=None,
+        scales=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.domains = {str(name): int(n) for name, n in dict(domains).items()}
         if not self.domains:
             raise ValueError("UniversalSegmenter needs at least one domain")
+        scales = dict(scales or {})
+        unknown = sorted(set(scales) - set(self.domains))
+        if unknown:
+            raise ValueError(f"scales given for unknown domain(s) {unknown}; domains: {list(self.domains)}")
+        self.scales = {name: float(scales.get(name, 1.0)) for name in self.domains}
         self.backbone_name = backbone
         self.width = width
         self.embedding_dim = embedding_dim
@@ -89,7 +101,11 @@ class UniversalSegmenter(keras.Model):
                     name=f"centroids_{name}",
                 ),
             )
-            setattr(self, f"confusion_{name}", ConfusionMatrix(num_classes, name=f"miou_{name}"))
+            setattr(
+                self,
+                f"preprocessor_{name}",
+                DomainPreprocessor(self.scales[name], name=f"preprocessor_{name}"),
+            )
         self.loss_weights_ = dict.fromkeys(LOSS_TERMS, 0.0)
         self.loss_weights_["supervised"] = 1.0
 
@@ -105,13 +121,17 @@ class UniversalSegmenter(keras.Model):
     def label_centroids(self, domain):
         return getattr(self, f"centroids_{domain}")
 
-    def confusion(self, domain):
-        return getattr(self, f"confusion_{domain}")
+    def preprocessor(self, domain):
+        """Domain ``domain``'s ``DomainPreprocessor`` (its scale and the input normalisation)."""
+        return getattr(self, f"preprocessor_{domain}")
 
-    def encode(self, images, training=False):
-        """Shared encoder: 0..255 RGB [B, H, W, 3] -> features at stride 8."""
-        x = (tf.cast(images, tf.float32) - _MEAN) / _STD
-        return self.encoder(x, training=training)
+    def encode(self, inputs, training=False):
+        """Shared encoder: normalised float RGB [B, H, W, 3] -> features at stride 8."""
+        return self.encoder(inputs, training=training)
+
+    def features(self, images, domain, training=False):
+        """Encoder features of 0..255 images of ``domain`` at their camera resolution."""
+        return self.encode(self.preprocessor(domain)(images), training=training)
 
     def decode(self, features, domain, size):
         """Domain ``domain``'s class logits, bilinearly upsampled to ``size`` (H, W)."""
@@ -126,10 +146,67 @@ class UniversalSegmenter(keras.Model):
         """Logits of p_domain(c | x) from the label centroids, [..., C_domain]."""
         return self.label_centroids(domain)(embeddings)
 
+    # -- inference: the one path ----------------------------------------------------
+
+    def domain_logits(self, images, domain, output_size=None, features=None):
+        """Class logits of ``domain`` for 0..255 images of that domain, at ``output_size``.
+
+        Images are resized by the domain's scale and normalised
+        (``preprocessor``), encoded, decoded and upsampled bilinearly to
+        ``output_size`` (default: the images' own size). ``features`` lets a
+        caller that already encoded the images reuse them.
+        """
+        if output_size is None:
+            output_size = tf.shape(images)[1:3]
+        if features is None:
+            features = self.features(images, domain)
+        return self.decode(features, domain, output_size)
+
+    def segment(self, images, domain, output_size=None):
+        """``{"class_ids": uint8 [B, H, W], "probabilities": float32 [B, H, W, C]}`` of ``domain``."""
+        logits = self.domain_logits(images, domain, output_size)
+        return {
+            "class_ids": tf.cast(tf.argmax(logits, axis=-1), tf.uint8),
+            "probabilities": tf.nn.softmax(logits, axis=-1),
+        }
+
+    def nearest_classes(self, images, domain, output_size=None, features=None):
+        """The embedding branch on 0..255 images of ``domain``.
+
+        Returns ``embeddings`` (unit norm, stride 8) and, for every domain
+        ``d`` of the model, ``nearest_class_<d>`` uint8 [B, H, W]: the class of
+        ``d``'s label space whose centroid is most similar, with the
+        similarities upsampled bilinearly to ``output_size`` (default: the
+        images' size) like the decoders' logits. The images are seen at
+        ``domain``'s scale; the label spaces are every domain's.
+        """
+        if output_size is None:
+            output_size = tf.shape(images)[1:3]
+        if features is None:
+            features = self.features(images, domain)
+        embeddings = self.embed(features)
+        outputs = {"embeddings": embeddings}
+        for name in self.domains:
+            similarity = tf.image.resize(
+                self.similarity_logits(embeddings, name), output_size, method="bilinear"
+            )
+            outputs[f"nearest_class_{name}"] = tf.cast(tf.argmax(similarity, axis=-1), tf.uint8)
+        return outputs
+
     def call(self, images, training=False):
+        """``{domain: logits at the input size}``, each domain at its own scale.
+
+        Domains that share a scale share one pass through the encoder.
+        """
         size = tf.shape(images)[1:3]
-        features = self.encode(images, training=training)
-        return {d: self.decode(features, d, size) for d in self.domains}
+        features_by_scale = {}
+        outputs = {}
+        for d in self.domains:
+            scale = self.scales[d]
+            if scale not in features_by_scale:
+                features_by_scale[scale] = self.features(images, d, training=training)
+            outputs[d] = self.decode(features_by_scale[scale], d, size)
+        return outputs
 
     def build(self, input_shape=(None, None, None, 3)):
         """Creates every weight: decoders, embedding head and centroids."""
@@ -167,12 +244,15 @@ class UniversalSegmenter(keras.Model):
         use_unlabeled = w["within_entropy"] > 0 or w["cross_entropy"] > 0
         use_embedding = use_unlabeled or w["embedding_supervision"] > 0
 
-        chunks, sizes = [], []
+        # The pipeline's augmentation already resized by the domain's scale
+        # (with the masks); what is left of the domain's preprocessing is normalisation.
+        chunks = []
         for d in names:
-            chunks.append(batch[d]["images"])
+            normalize = self.preprocessor(d).normalize
+            chunks.append(normalize(batch[d]["images"]))
             if use_unlabeled and "unlabeled" in batch[d]:
-                chunks.append(batch[d]["unlabeled"])
-        images = tf.concat([tf.cast(c, tf.float32) for c in chunks], axis=0)
+                chunks.append(normalize(batch[d]["unlabeled"]))
+        images = tf.concat(chunks, axis=0)
         sizes = [tf.shape(c)[0] for c in chunks]
         features = tf.split(self.encode(images, training=training), sizes, axis=0)
         embeddings = tf.split(self.embed(tf.concat(features, 0)), sizes, 0) if use_embedding else None
@@ -229,23 +309,6 @@ class UniversalSegmenter(keras.Model):
         logs["learning_rate"] = tf.convert_to_tensor(self.optimizer.learning_rate)
         return logs
 
-    def test_step(self, data):
-        """Accumulates each domain's confusion matrix; ``data`` maps domain -> images, labels.
-
-        Images may be resized (the domain's scale); logits are compared with the
-        labels at the labels' own resolution.
-        """
-        logs = {}
-        for d in self.domains:
-            if d not in data:
-                continue
-            labels = data[d]["labels"]
-            features = self.encode(data[d]["images"], training=False)
-            logits = self.decode(features, d, tf.shape(labels)[1:3])
-            self.confusion(d).update_state(labels, tf.argmax(logits, axis=-1))
-            logs[f"miou_{d}"] = self.confusion(d).result()
-        return logs
-
     def get_config(self):
         return {
             **super().get_config(),
@@ -258,6 +321,7 @@ class UniversalSegmenter(keras.Model):
             "dropout": self.dropout,
             "sync_batchnorm": self.sync_batchnorm,
             "backbone_weights": None,  # Weights live in the checkpoint, not the config.
+            "scales": dict(self.scales),
         }
 
     @classmethod
@@ -279,5 +343,6 @@ class UniversalSegmenter(keras.Model):
                 dropout=m.dropout,
                 sync_batchnorm=m.sync_batchnorm,
                 backbone_weights=m.backbone_weights,
+                scales={d.name: d.scale for d in config.domains},
                 name="universal_segmenter",
             )
