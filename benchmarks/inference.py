@@ -83,7 +83,7 @@ def main():
     model, domains = load_model(args.run_dir, args.backbone, args.width)
     domain = args.domain or domains[0].name
     in_process = tf.function(
-        lambda images: export.segment(model, images, domain),
+        lambda images: model.segment(images, domain),
         input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)],
     )
     results = []
