@@ -7,7 +7,7 @@ Exports the model with ``usss_tf.export.export_model`` into a temporary
 folder, loads it back with ``tf.saved_model.load`` and calls the signature
 ``segment_<domain>_tensor`` (uint8 images [B, H, W, 3] -> ``class_ids`` and
 ``probabilities`` at [H, W]); next to it, the same computation on the Keras
-model in this process (``export.segment`` in a ``tf.function``). For each
+model in this process (``model.segment`` in a ``tf.function``). For each
 size (default 512x1024 and 256x512) and batch (default 1 and 8): the first
 call apart (tracing / loading the graph), then the median latency of a batch
 and per image. Latency does not depend on the weights, so an untrained model
@@ -31,6 +31,7 @@ import tensorflow as tf  # noqa: E402
 from train_step import DOMAINS, machine, write_report  # noqa: E402
 from usss_tf import domains as domain_registry  # noqa: E402
 from usss_tf import export, runs  # noqa: E402
+from usss_tf.serving import contract  # noqa: E402
 from usss_tf.model.segmenter import UniversalSegmenter  # noqa: E402
 
 
@@ -92,7 +93,7 @@ def main():
         export_dir = export.export_model(model, domains, pathlib.Path(scratch) / "1")
         export_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        signature = tf.saved_model.load(str(export_dir)).signatures[export.tensor_signature(domain)]
+        signature = tf.saved_model.load(str(export_dir)).signatures[contract.tensor_signature(domain)]
         load_seconds = time.perf_counter() - start
         runtimes = {
             "saved_model": lambda images: signature(images=images),
@@ -116,7 +117,7 @@ def main():
         "tensorflow": tf.__version__, "keras": keras.__version__,
         "model": {
             "run_dir": args.run_dir, "backbone": model.backbone_name, "width": model.width,
-            "parameters": int(model.count_params()), "signature": export.tensor_signature(domain),
+            "parameters": int(model.count_params()), "signature": contract.tensor_signature(domain),
         },
         "export_seconds": round(export_seconds, 1), "load_seconds": round(load_seconds, 1),
         "repeats": args.repeats, "results": results,

@@ -67,3 +67,21 @@ def test_serve_benchmark_smoke(tmp_path):
     assert measured == {(path, batch, clients) for path in ("in_process", "grpc")
                         for batch in (1, 8) for clients in (1, 4)}
     assert all(r["latency_ms_p50"] > 0 and r["requests_per_second"] > 0 for r in report["results"])
+
+
+@pytest.mark.slow
+def test_serve_load_benchmark_smoke(tmp_path):
+    out = tmp_path / "serve_load.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "serve_load.py"), "--clients", "2", "--requests", "5",
+         "--width", "0.125", "--size", "32x64", "--out", str(out)],
+        check=True, capture_output=True, timeout=600,
+    )
+    report = json.loads(out.read_text())
+    kinds = report["kinds"]
+    assert sorted(kinds) == ["bomb", "good", "not_an_image", "unknown_signature", "wrong_dtype"]
+    assert sum(k["requests"] for k in kinds.values()) == 10
+    # Every request got the code its kind expects: bombs are refused, good ones answered.
+    assert report["unexpected_codes"] == 0, kinds
+    assert kinds["bomb"]["codes"] == {"INVALID_ARGUMENT": kinds["bomb"]["requests"]}
+    assert report["server_rss_mb"]["before"] > 0

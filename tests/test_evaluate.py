@@ -3,6 +3,7 @@
 import copy
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from usss_tf import evaluate
 from usss_tf.cli import main
 from usss_tf.data import readers
 from usss_tf.domains import get_domain
+from usss_tf.errors import DatasetError
 
 
 def _official(predictions, ground_truth):
@@ -131,3 +133,22 @@ def test_unknown_domain_and_not_a_run(tiny_run, tmp_path):
     assert result.exit_code == 2 and "'mars'" in result.stderr and "synth_city" in result.stderr
     result = CliRunner().invoke(main, ["evaluate", str(tmp_path)])
     assert result.exit_code == 2 and "not a run directory" in result.stderr
+
+
+def test_a_run_trained_with_skipped_files_evaluates_without_them(tiny_run, tmp_path):
+    """``data.on_broken: skip`` holds for evaluation too; under ``stop`` the file is named."""
+    base = tiny_run.parent
+    shutil.copytree(base / "data", tmp_path / "data")
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    config = (run / "config.yaml").read_text().replace(str(base / "data"), str(tmp_path / "data"))
+    assert "on_broken: stop" in config
+    broken = sorted((tmp_path / "data" / "synth_camvid" / "valannot").glob("*.png"))[0]
+    broken.write_bytes(b"not a PNG at all")
+    (run / "config.yaml").write_text(config.replace("on_broken: stop", "on_broken: skip"))
+    messages = []
+    results = evaluate.evaluate_run(run, echo=messages.append)
+    assert results["synth_camvid"]["num_images"] == 2 and results["synth_city"]["num_images"] == 3
+    assert any("skipped 1 broken" in m and broken.name in m for m in messages), messages
+    (run / "config.yaml").write_text(config)
+    with pytest.raises(DatasetError, match=broken.name):
+        evaluate.evaluate_run(run)

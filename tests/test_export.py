@@ -4,15 +4,13 @@ One export of the shared ``tiny_run`` (synth_city 10 classes + synth_camvid 7
 classes) is written per module and reused: exporting costs tens of seconds.
 """
 
-import io
 import json
+import os
 import pathlib
 import shutil
-import struct
 import subprocess
 import sys
 import textwrap
-import zlib
 
 import numpy as np
 import pytest
@@ -22,10 +20,11 @@ from PIL import Image
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
-from usss_tf import evaluate, export, metrics, runs
+from usss_tf import evaluate, export, metrics, runs, testing
+from usss_tf.serving import contract
 from usss_tf.data import readers
 from usss_tf.cli import main
-from usss_tf.errors import ExportError
+from usss_tf.errors import ConfigError, ExportError
 
 DOMAINS = {"synth_city": 10, "synth_camvid": 7}
 SIGNATURES = [
@@ -95,9 +94,9 @@ def test_layout_and_domain_assets(model_base, version_dir):
     manifest = json.loads((version_dir / "assets" / "domains.json").read_text())
     extra = json.loads((version_dir / "assets.extra" / "usss_domains.json").read_text())
     assert manifest == extra
-    assert manifest["format"] == export.EXPORT_FORMAT == 2
-    assert manifest["max_image_pixels"] == export.MAX_IMAGE_PIXELS >= 2 * 2048 * 2048
-    assert manifest["max_request_pixels"] == export.MAX_REQUEST_PIXELS
+    assert manifest["format"] == contract.EXPORT_FORMAT == 2
+    assert manifest["max_image_pixels"] == contract.MAX_IMAGE_PIXELS >= 2 * 2048 * 2048
+    assert manifest["max_request_pixels"] == contract.MAX_REQUEST_PIXELS
     domains = manifest["domains"]
     assert [d["name"] for d in domains] == list(DOMAINS)
     for entry in domains:
@@ -173,7 +172,7 @@ def _expected_input(name):
 
 
 def test_signatures_read_back_with_tf_saved_model_load(reloaded):
-    assert export.signature_names(DOMAINS) == SIGNATURES
+    assert contract.signature_names(DOMAINS) == SIGNATURES
     assert sorted(reloaded.signatures) == sorted(SIGNATURES)
     for name in SIGNATURES:
         function = reloaded.signatures[name]
@@ -250,7 +249,7 @@ def tf1_session(version_dir):
     session = tf.compat.v1.Session(graph=graph)
     with graph.as_default():  # Only while loading: the other tests stay eager.
         meta_graph = tf.compat.v1.saved_model.loader.load(
-            session, [export.SERVING_TAG], str(version_dir)
+            session, [contract.SERVING_TAG], str(version_dir)
         )
     yield session, meta_graph
     session.close()
@@ -383,7 +382,7 @@ def test_served_class_ids_equal_what_evaluate_writes(tiny_run, trained, reloaded
     for domain in trained.domains:
         examples = _val_examples(tiny_run, domain)
         files = np.array([pathlib.Path(e.image).read_bytes() for e in examples], dtype=object)
-        signature = export.segment_signature(domain.name)
+        signature = contract.segment_signature(domain.name)
         batched = reloaded.signatures[signature](images=tf.constant(files))["class_ids"].numpy()
         info = meta_graph.signature_def[signature]
         one_by_one = np.concatenate([
@@ -405,6 +404,14 @@ def test_served_class_ids_equal_what_evaluate_writes(tiny_run, trained, reloaded
         assert len(np.unique(batched)) > 1  # Not a constant map: the comparison means something.
 
 
+def test_evaluate_scores_an_export_like_the_checkpoint(tiny_run, version_dir, tmp_path):
+    from_checkpoint = evaluate.evaluate_run(tiny_run)
+    from_export = evaluate.evaluate_run(tiny_run, saved_model=version_dir)
+    assert from_export == from_checkpoint
+    with pytest.raises(ConfigError, match="not an export"):
+        evaluate.evaluate_run(tiny_run, saved_model=tmp_path)
+
+
 def test_export_without_the_domain_scale_would_differ(trained, images):
     """Guards the test above: at these scales, ignoring the scale changes the class ids."""
     model = trained.model
@@ -418,50 +425,15 @@ def test_export_without_the_domain_scale_would_differ(trained, images):
 # -- decompression bombs -----------------------------------------------------------------
 
 
-def _zero_png(width, height):
-    """A valid RGB PNG of zeros, compressed row by row (never held decoded in memory)."""
-    compressor = zlib.compressobj(9)
-    row = b"\0" * (1 + 3 * width)
-    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-
-    def chunk(kind, body):
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
-
-
-def _jpeg_declaring(width, height, progressive):
-    """A small real JPEG whose SOF header is rewritten to declare ``width`` x ``height``."""
-    buffer = io.BytesIO()
-    Image.new("RGB", (16, 16), (90, 120, 30)).save(buffer, "JPEG", progressive=progressive)
-    data = bytearray(buffer.getvalue())
-    marker = b"\xff\xc2" if progressive else b"\xff\xc0"
-    sof = data.index(marker)
-    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
-    return bytes(data)
-
-
-def _png_with_ihdr(png, width, height):
-    data = bytearray(png)
-    data[16:24] = struct.pack(">II", width, height)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-    return bytes(data)
-
-
-BOMBS = {
-    "png": lambda: _zero_png(6000, 6000),
-    "jpeg_baseline": lambda: _jpeg_declaring(6000, 6000, progressive=False),
-    "jpeg_progressive": lambda: _jpeg_declaring(6000, 6000, progressive=True),
-}
+BOMBS = testing.bombs()  # 6000x6000 declared: PNG, baseline JPEG, progressive JPEG.
 
 
 @pytest.mark.parametrize("kind", sorted(BOMBS))
 def test_bombs_are_refused_before_decoding(reloaded, tf1_session, images, kind):
-    bomb = BOMBS[kind]()
+    bomb = BOMBS[kind]
     assert len(bomb) < 200_000
     message = (r"image 1 is 6000x6000 \(height x width\) = 36000000 pixels, above the "
-               rf"limit of {export.MAX_IMAGE_PIXELS} pixels per image")
+               rf"limit of {contract.MAX_IMAGE_PIXELS} pixels per image")
     batch = [_png(images[0]), bomb]
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
         reloaded.signatures["segment_synth_city"](images=tf.constant(batch))
@@ -475,10 +447,10 @@ def test_request_pixel_limit_and_tensor_signatures(reloaded, images):
     # 2048x2048 is within the per-image limit; nine of them are not within the request's.
     with pytest.raises(tf.errors.InvalidArgumentError, match="9000000 pixels, above the limit"):
         reloaded.signatures["segment_synth_city_tensor"](images=tf.zeros([1, 3000, 3000, 3], tf.uint8))
-    many = tf.constant([_zero_png(2048, 2048)] * 9)
+    many = tf.constant([testing.zero_png(2048, 2048)] * 9)
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match=r"the request holds 37748736 pixels in 9 images, above the "
-                             rf"limit of {export.MAX_REQUEST_PIXELS} pixels per request"):
+                             rf"limit of {contract.MAX_REQUEST_PIXELS} pixels per request"):
         reloaded.signatures["segment_synth_camvid"](images=many)
     tensors = tf.zeros([5, 2800, 2800, 3], tf.uint8)
     with pytest.raises(tf.errors.InvalidArgumentError, match="39200000 pixels in 5 images"):
@@ -490,7 +462,7 @@ def test_truncated_and_lying_headers_fail_cleanly(reloaded, images, case):
     png = _png(images[0])
     jpeg = tf.io.encode_jpeg(images[0]).numpy()
     data = {"png_truncated": png[:20], "jpeg_truncated": jpeg[:30],
-            "png_declares_less": _png_with_ihdr(png, 8, 4)}[case]
+            "png_declares_less": testing.png_declaring(png, 8, 4)}[case]
     signature = reloaded.signatures["segment_synth_city"]
     if case == "png_declares_less":
         # The decoder sizes its output from the header: what was declared is what is decoded.
@@ -531,14 +503,14 @@ def test_bombs_allocate_nothing_large(version_dir, images, tmp_path):
     (decoding one would allocate 108 MB for its pixels alone)."""
     (tmp_path / "good.png").write_bytes(_png(images[0]))
     paths = []
-    for i, (kind, make) in enumerate(sorted(BOMBS.items()) * 2):
+    for i, (kind, bomb) in enumerate(sorted(BOMBS.items()) * 2):
         path = tmp_path / f"bomb{i}.{kind}"
-        path.write_bytes(make())
+        path.write_bytes(bomb)
         paths.append(str(path))
     probe = subprocess.run(
         [sys.executable, "-c", _RSS_PROBE, str(version_dir), str(tmp_path / "good.png"), *paths],
         capture_output=True, text=True, timeout=300,
-        env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert probe.returncode == 0, probe.stderr[-2000:]
     report = json.loads(probe.stdout.strip().splitlines()[-1])

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from conftest import train_tiny_run
 from usss_tf import evaluate, export, runs
+from usss_tf.serving import contract
 from usss_tf.config import config_from_dict
 from usss_tf.errors import ConfigError
 
@@ -41,7 +42,7 @@ def test_finetune_trains_the_source_then_only_the_target(tmp_path):
     # No centroids were fitted: the export has no 'embed' signature to serve random ones.
     exported = export.export_run(run_dir, model_base=tmp_path / "models" / "usss")
     signatures = set(tf.saved_model.load(str(exported)).signatures)
-    assert signatures == set(export.signature_names(["synth_city", "synth_camvid"], with_embedding=False))
+    assert signatures == set(contract.signature_names(["synth_city", "synth_camvid"], with_embedding=False))
 
 
 def test_supervised_trains_one_model_per_domain_on_the_same_labelled_draw(tmp_path, tiny_run):

@@ -1,9 +1,15 @@
 """Keras callbacks: per-step TensorBoard scalars and a progress bar."""
 
+import sys
 import time
 
 import keras
 import tensorflow as tf
+
+
+def shows_progress(verbose):
+    """Whether a progress bar is drawn: asked for, and stdout is a terminal (no codes in logs)."""
+    return bool(verbose) and sys.stdout.isatty()
 
 
 class TrainingLogger(keras.callbacks.Callback):
@@ -20,7 +26,8 @@ class TrainingLogger(keras.callbacks.Callback):
       log_every: steps between scalar writes.
       images_per_step: images the step consumes (all domains, both streams).
       total_steps: steps of the stage, for the progress bar.
-      verbose: 0 silent, 1 progress bar.
+      verbose: 0 silent, 1 progress bar (only on a terminal: a log file gets
+        no cursor codes, only the stage's validation lines).
     """
 
     def __init__(self, writer, stage, step_offset, log_every, images_per_step, total_steps, verbose=1):
@@ -31,7 +38,8 @@ class TrainingLogger(keras.callbacks.Callback):
         self.log_every = log_every
         self.images_per_step = images_per_step
         self.total_steps = total_steps
-        self.progbar = keras.utils.Progbar(total_steps, stateful_metrics=None) if verbose else None
+        self.progbar = (keras.utils.Progbar(total_steps, stateful_metrics=None)
+                        if shows_progress(verbose) else None)
         self._last_time = None
         self._last_step = None
         self.last_logs = {}

@@ -1,28 +1,64 @@
 """The ``usss-tf`` command line: a thin layer over the library.
 
 Errors from bad input (``UsssError``) are printed on one line and exit with
-status 2; nothing else is caught.
+status 2; nothing else is caught. TensorFlow's start-up chatter (oneDNN,
+CUDA probing, AutoGraph notes) is kept off the terminal unless ``--verbose``:
+a user sees the project's own lines.
 """
 
 import functools
 import os
 import pathlib
 import sys
+import tempfile
 import time
 
 import click
 
 from usss_tf.errors import UsssError
+from usss_tf.serving import contract
 
 
-def _quiet_tensorflow():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_VERBOSE = False
+
+
+def _import_tensorflow():
+    """Imports TensorFlow and probes its devices with native stderr captured (unless --verbose).
+
+    TensorFlow's C++ runtime logs at start-up before ``TF_CPP_MIN_LOG_LEVEL``
+    takes effect ("oneDNN custom operations are on", "Could not find cuda
+    drivers", "failed call to cuInit"). What it writes is kept and replayed
+    only if the import fails.
+    """
+    if _VERBOSE or "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+            tf.get_logger().setLevel("ERROR")
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _friendly_errors(command):
+    """Runs a command after a quiet TensorFlow import; bad input ends as one line, status 2."""
+
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
+            _import_tensorflow()
             return command(*args, **kwargs)
         except UsssError as error:
             click.echo(f"error: {error}", err=True)
@@ -51,9 +87,14 @@ def _parse_devices(text):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="usss-tf")
-def main():
+@click.option("-v", "--verbose", is_flag=True,
+              help="Show TensorFlow's own start-up and runtime logs too.")
+def main(verbose):
     """Universal semi-supervised semantic segmentation on TensorFlow."""
-    _quiet_tensorflow()
+    global _VERBOSE
+    _VERBOSE = verbose
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 @main.command()
@@ -117,14 +158,17 @@ def board(run_dir, port, host):
               help="Write predictions here: <domain>/ids (raw label ids) and <domain>/color.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per batch (default data.eval_batch_size); only same-size images share one.")
+@click.option("--saved-model", type=click.Path(file_okay=False), default=None,
+              help="Score this export (a version folder, e.g. saved_models/usss/1) instead of the "
+                   "run's checkpoint, on the run's data.")
 @_friendly_errors
-def evaluate(run_dir, split, domains, json_path, predictions, batch_size):
+def evaluate(run_dir, split, domains, json_path, predictions, batch_size, saved_model):
     """Evaluate a trained run on every image of a split: mIoU, per-class IoU, pixel accuracy."""
     from usss_tf import evaluate as evaluate_lib
 
     results = evaluate_lib.evaluate_run(
         run_dir, split=split, domains=domains, batch_size=batch_size,
-        predictions_dir=predictions, echo=click.echo,
+        predictions_dir=predictions, echo=click.echo, saved_model=saved_model,
     )
     click.echo(evaluate_lib.format_report(results))
     if json_path:
@@ -134,25 +178,22 @@ def evaluate(run_dir, split, domains, json_path, predictions, batch_size):
 
 @main.command("export")
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--model-base", default="saved_models/usss", show_default=True,
+@click.option("--model-base", default=contract.DEFAULT_MODEL_BASE, show_default=True,
               type=click.Path(file_okay=False), help="TF Serving model base path.")
 @click.option("--version", type=click.IntRange(min=1), default=None,
               help="Version folder to write (default: the next integer); never overwritten.")
-@click.option("--max-image-pixels", type=click.IntRange(min=1), default=None,
-              help="Largest image (height x width) the signatures accept "
-                   "[default: 8388608, a 2048x2048 image with a 2x margin].")
-@click.option("--max-request-pixels", type=click.IntRange(min=1), default=None,
-              help="Most pixels of all images in one request [default: 33554432].")
+@click.option("--max-image-pixels", type=click.IntRange(min=1), default=contract.MAX_IMAGE_PIXELS,
+              show_default=True, help="Largest image (height x width) the signatures accept.")
+@click.option("--max-request-pixels", type=click.IntRange(min=1), default=contract.MAX_REQUEST_PIXELS,
+              show_default=True, help="Most pixels of all images in one request.")
 @_friendly_errors
 def export_command(run_dir, model_base, version, max_image_pixels, max_request_pixels):
     """Export a run's final model as a TF Serving SavedModel; prints the version folder."""
     from usss_tf import export as export_lib
 
-    limits = {"max_image_pixels": max_image_pixels or export_lib.MAX_IMAGE_PIXELS,
-              "max_request_pixels": max_request_pixels or export_lib.MAX_REQUEST_PIXELS}
     path = export_lib.export_run(
         run_dir, model_base=model_base, version=version, echo=lambda m: click.echo(m, err=True),
-        **limits,
+        max_image_pixels=max_image_pixels, max_request_pixels=max_request_pixels,
     )
     click.echo(str(path))
 
@@ -234,12 +275,12 @@ def _log_serving_events():
 
 
 @main.command()
-@click.option("--model-base", default="saved_models/usss", show_default=True,
+@click.option("--model-base", default=contract.DEFAULT_MODEL_BASE, show_default=True,
               type=click.Path(file_okay=False), help="Folder of integer version folders (TF Serving's base path).")
-@click.option("--model-name", default="usss", show_default=True, help="Name clients ask for (model_spec.name).")
-@click.option("--port", default=8500, show_default=True, type=click.IntRange(0, 65535),
+@click.option("--model-name", default=contract.DEFAULT_MODEL_NAME, show_default=True, help="Name clients ask for (model_spec.name).")
+@click.option("--port", default=contract.DEFAULT_GRPC_PORT, show_default=True, type=click.IntRange(0, 65535),
               help="gRPC port (0: any free port).")
-@click.option("--rest-port", default=8501, show_default=True, type=click.IntRange(0, 65535),
+@click.option("--rest-port", default=contract.DEFAULT_REST_PORT, show_default=True, type=click.IntRange(0, 65535),
               help="REST port (0: any free port).")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind; the server has no authentication, so loopback by default.")
@@ -266,7 +307,7 @@ def serve(model_base, model_name, port, rest_port, host, max_message_mb, poll_se
 
 @main.command()
 @click.option("--server", required=True, metavar="HOST:PORT", help="gRPC address of usss-tf serve or TF Serving.")
-@click.option("--model", default="usss", show_default=True, help="Model name on the server.")
+@click.option("--model", default=contract.DEFAULT_MODEL_NAME, show_default=True, help="Model name on the server.")
 @click.option("--version", type=click.IntRange(min=0), default=None, help="Model version (default: the newest).")
 @click.option("--domain", required=True, help="Label space to segment in (signature segment_<domain>).")
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))

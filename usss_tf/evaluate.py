@@ -26,7 +26,7 @@ from PIL import Image
 from usss_tf import domains as domain_registry
 from usss_tf import metrics as metrics_lib
 from usss_tf import inference, runs
-from usss_tf.data import readers, sources
+from usss_tf.data import sources
 from usss_tf.errors import ConfigError, UnknownDomainError
 
 
@@ -135,8 +135,23 @@ def _summary(domain, confusion, num_images):
     return summary
 
 
+def _export_predictors(saved_model, selected):
+    """``{domain: SavedModelPredictor}`` for an export folder, or a one-line error."""
+    import tensorflow as tf
+
+    path = pathlib.Path(saved_model)
+    if not (path / "saved_model.pb").is_file():
+        raise ConfigError(f"--saved-model {path}: not an export (no saved_model.pb); "
+                          "pass a version folder such as saved_models/usss/1")
+    loaded = tf.saved_model.load(str(path))
+    try:
+        return {d.name: inference.SavedModelPredictor(loaded, d.name) for _, d in selected}
+    except KeyError as error:
+        raise ConfigError(f"--saved-model {path}: {error.args[0]}") from None
+
+
 def evaluate_run(run_dir, split="val", domains=None, batch_size=None, predictions_dir=None,
-                 echo=None):
+                 echo=None, saved_model=None):
     """Evaluates the run in ``run_dir`` on ``split`` of each (selected) domain.
 
     ``split`` is ``val`` (each domain's ``val_split``), ``train`` (its
@@ -144,33 +159,42 @@ def evaluate_run(run_dir, split="val", domains=None, batch_size=None, prediction
     ``predictions_dir/<domain>/{ids,color}/`` when given: ``ids`` in the
     dataset's raw label ids, ``color`` with the domain's palette.
     A ``supervised`` run is evaluated model by model, each on its own domain.
+    ``saved_model`` (an export's version folder) scores that export instead of
+    the run's checkpoint, on the run's data: the check that serving predicts
+    what evaluation measured.
     """
     run_dir = pathlib.Path(run_dir)
     config = runs.read_config(run_dir)
     selected = _select_domains(config, domains)
-    if config.method == "supervised":
+    if config.method == "supervised" and saved_model is None:
         results = {}
         for _, domain_config in selected:
             sub = run_dir / "supervised" / domain_config.name
             results.update(evaluate_run(sub, split, [domain_config.name], batch_size,
                                         predictions_dir, echo))
         return results
-    loaded = runs.load_run(run_dir)
-    if not loaded.finished and echo:
-        echo(f"note: {run_dir} has not finished; evaluating its {loaded.stage} checkpoint")
+    if saved_model is not None:
+        model, predictors = None, _export_predictors(saved_model, selected)
+    else:
+        loaded = runs.load_run(run_dir)
+        if not loaded.finished and echo:
+            echo(f"note: {run_dir} has not finished; evaluating its {loaded.stage} checkpoint")
+        model, predictors = loaded.model, {}
     batch_size = batch_size or config.data.eval_batch_size
     results = {}
     for index, domain_config in selected:
         domain = domain_registry.get_domain(domain_config.name)
         split_name = _split_name(domain_config, split)
         root = sources.resolve_root(domain_config, index, config.seed, splits=(split_name,))
-        examples = readers.list_examples(domain, root, split_name)
+        examples = sources.evaluation_examples(
+            domain, root, split_name, getattr(config.data, "on_broken", "stop"), echo=echo)
         started = time.perf_counter()
         out = pathlib.Path(predictions_dir) / domain.name if predictions_dir else None
         results[domain.name] = evaluate_domain(
-            loaded.model, domain, examples, batch_size,
+            model, domain, examples, batch_size,
             predictions_dir=out / "ids" if out else None,
             colorized_dir=out / "color" if out else None,
+            predictor=predictors.get(domain.name),
         )
         if echo:
             echo(f"[evaluate] {domain.name}: {len(examples)} images in "

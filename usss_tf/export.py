@@ -46,44 +46,28 @@ import tensorflow as tf
 
 from usss_tf.domains import IGNORE_LABEL
 from usss_tf.errors import ExportError
-
-EXPORT_FORMAT = 2  # 2: domain scale and pixel limits in the graph (1: neither).
-MAX_IMAGE_PIXELS = 2**23  # 8.4 M: a 2048x2048 image with a 2x margin (4096x2048).
-MAX_REQUEST_PIXELS = 2**25  # 33.6 M: e.g. 16 Cityscapes frames (2048x1024) in one request.
-SERVING_TAG = "serve"
-DOMAINS_ASSET = "domains.json"
-DOMAINS_EXTRA = "usss_domains.json"
-WARMUP_FILE = "tf_serving_warmup_requests"
-EMBED_SIGNATURE = "embed"
+from usss_tf.serving.contract import (
+    DEFAULT_MODEL_BASE,
+    DEFAULT_MODEL_NAME,
+    DEFAULT_SIGNATURE,
+    DOMAINS_ASSET,
+    DOMAINS_EXTRA,
+    EMBED_SIGNATURE,
+    EXPORT_FORMAT,
+    EXTRA_DIR,
+    INPUT_NAME,
+    MAX_IMAGE_PIXELS,
+    MAX_REQUEST_PIXELS,
+    WARMUP_FILE,
+    embed_signature,
+    segment_signature,
+    tensor_signature,
+    version_folders,
+)
 
 # Leading bytes of the encodings the bytes signatures accept.
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
-
-
-def segment_signature(domain_name):
-    """Name of the bytes signature of one domain."""
-    return f"segment_{domain_name}"
-
-
-def tensor_signature(domain_name):
-    """Name of the uint8-tensor signature of one domain."""
-    return f"segment_{domain_name}_tensor"
-
-
-def embed_signature(domain_name):
-    """Name of the embedding-branch signature for images of one domain."""
-    return f"{EMBED_SIGNATURE}_{domain_name}"
-
-
-def signature_names(domain_names, with_embedding=True):
-    """Every signature an export of these domains holds, in a stable order."""
-    names = ["serving_default"]
-    for name in domain_names:
-        names += [segment_signature(name), tensor_signature(name)]
-    if with_embedding:
-        names += [EMBED_SIGNATURE] + [embed_signature(name) for name in domain_names]
-    return names
 
 
 def export_manifest(domains, scales, max_image_pixels, max_request_pixels):
@@ -255,8 +239,8 @@ def serving_functions(model, with_embedding=True, max_image_pixels=MAX_IMAGE_PIX
     Every function is the model's inference path (``segment`` or
     ``nearest_classes``) behind the input checks; none restates it.
     """
-    bytes_spec = tf.TensorSpec([None], tf.string, name="images")
-    tensor_spec = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
+    bytes_spec = tf.TensorSpec([None], tf.string, name=INPUT_NAME)
+    tensor_spec = tf.TensorSpec([None, None, None, 3], tf.uint8, name=INPUT_NAME)
     limits = dict(max_image_pixels=max_image_pixels, max_request_pixels=max_request_pixels)
     functions = {}
     for name in model.domain_names:
@@ -270,7 +254,7 @@ def serving_functions(model, with_embedding=True, max_image_pixels=MAX_IMAGE_PIX
                    tensor_signature(name)),
             input_signature=[tensor_spec],
         )
-    functions["serving_default"] = functions[segment_signature(model.domain_names[0])]
+    functions[DEFAULT_SIGNATURE] = functions[segment_signature(model.domain_names[0])]
     if with_embedding:
         for name in model.domain_names:
             functions[embed_signature(name)] = tf.function(
@@ -317,7 +301,7 @@ def _warmup_image(image_size):
     return tf.stack([red, green, blue], axis=-1)
 
 
-def warmup_requests(signatures, image_size, model_name="usss"):
+def warmup_requests(signatures, image_size, model_name=DEFAULT_MODEL_NAME):
     """One ``PredictionLog`` per signature, each a batch of one synthetic image."""
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
@@ -333,7 +317,7 @@ def warmup_requests(signatures, image_size, model_name="usss"):
         request = predict_pb2.PredictRequest(
             model_spec=model_pb2.ModelSpec(name=model_name, signature_name=name)
         )
-        request.inputs["images"].CopyFrom(tensor)
+        request.inputs[INPUT_NAME].CopyFrom(tensor)
         logs.append(prediction_log_pb2.PredictionLog(
             predict_log=prediction_log_pb2.PredictLog(request=request)
         ))
@@ -364,7 +348,7 @@ def _check_domains(model, domains):
             )
 
 
-def export_model(model, domains, export_dir, warmup_image_size=(64, 128), model_name="usss",
+def export_model(model, domains, export_dir, warmup_image_size=(64, 128), model_name=DEFAULT_MODEL_NAME,
                  with_embedding=True, max_image_pixels=MAX_IMAGE_PIXELS,
                  max_request_pixels=MAX_REQUEST_PIXELS):
     """Writes a built ``UniversalSegmenter`` as a SavedModel into ``export_dir``.
@@ -396,7 +380,7 @@ def export_model(model, domains, export_dir, warmup_image_size=(64, 128), model_
             asset.write_text(manifest)
             module = SegmenterServingModule(model, asset, with_embedding, **limits)
             tf.saved_model.save(module, str(export_dir), signatures=module.serving_signatures)
-        extra = export_dir / "assets.extra"
+        extra = export_dir / EXTRA_DIR
         extra.mkdir()
         (extra / DOMAINS_EXTRA).write_text(manifest)
         _write_warmup(
@@ -411,10 +395,7 @@ def export_model(model, domains, export_dir, warmup_image_size=(64, 128), model_
 
 def existing_versions(model_base):
     """The integer version folders under ``model_base``, sorted (TF Serving ignores others)."""
-    model_base = pathlib.Path(model_base)
-    if not model_base.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_base.iterdir() if p.is_dir() and p.name.isdigit())
+    return sorted(version_folders(model_base))
 
 
 def next_version(model_base):
@@ -423,7 +404,7 @@ def next_version(model_base):
     return versions[-1] + 1 if versions else 1
 
 
-def export_run(run_dir, model_base="saved_models/usss", version=None, echo=None,
+def export_run(run_dir, model_base=DEFAULT_MODEL_BASE, version=None, echo=None,
                max_image_pixels=MAX_IMAGE_PIXELS, max_request_pixels=MAX_REQUEST_PIXELS):
     """Exports a run directory's final model as ``<model_base>/<version>/``.
 

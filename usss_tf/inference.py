@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from usss_tf.data import pipeline
+from usss_tf.serving import contract
 
 _IMAGES = tf.TensorSpec([None, None, None, 3], tf.uint8)
 _SIZE = tf.TensorSpec([2], tf.int32)
@@ -32,15 +33,14 @@ class DomainPredictor:
     def __init__(self, model, domain):
         self.model = model
         self.domain = domain
-        self._class_ids = tf.function(
-            lambda images, size: model.segment(images, domain, size)["class_ids"],
-            input_signature=[_IMAGES, _SIZE],
-        )
-        self._nearest = tf.function(
-            lambda images, size: model.nearest_classes(images, domain, size)[
-                f"nearest_class_{domain}"],
-            input_signature=[_IMAGES, _SIZE],
-        )
+        self._class_ids = tf.function(self._segment, input_signature=[_IMAGES, _SIZE])
+        self._nearest = tf.function(self._nearest_class, input_signature=[_IMAGES, _SIZE])
+
+    def _segment(self, images, size):
+        return self.model.segment(images, self.domain, size)["class_ids"]
+
+    def _nearest_class(self, images, size):
+        return self.model.nearest_classes(images, self.domain, size)[f"nearest_class_{self.domain}"]
 
     def class_ids(self, images, output_size):
         """uint8 [B, H, W] class ids of uint8 images [B, h, w, 3], at ``output_size`` (H, W)."""
@@ -51,6 +51,35 @@ class DomainPredictor:
         """uint8 [B, H, W]: each pixel's nearest label centroid of the domain's own classes."""
         return self._nearest(tf.convert_to_tensor(images, tf.uint8),
                              tf.constant(output_size, tf.int32)).numpy()
+
+
+class SavedModelPredictor:
+    """``DomainPredictor``'s interface over an export's ``segment_<domain>_tensor`` signature.
+
+    What ``usss-tf evaluate --saved-model`` scores: the exported graph (the
+    domain's scale and the limits baked in), fed the decoded images. Class ids
+    come at the input resolution; where a label has another size they are
+    resized to it (nearest), as a client of the server would.
+
+    Args:
+      loaded: ``tf.saved_model.load`` of an export (kept alive here: it owns the variables).
+      domain: the name of the domain the images come from.
+    """
+
+    def __init__(self, loaded, domain):
+        name = contract.tensor_signature(domain)
+        if name not in loaded.signatures:
+            raise KeyError(f"the export has no signature {name!r}; it has: "
+                           f"{', '.join(sorted(loaded.signatures))}")
+        self.loaded = loaded
+        self.domain = domain
+        self._signature = loaded.signatures[name]
+
+    def class_ids(self, images, output_size):
+        ids = self._signature(images=tf.convert_to_tensor(images, tf.uint8))["class_ids"]
+        if tuple(ids.shape[1:3]) != tuple(output_size):
+            ids = tf.image.resize(ids[..., None], output_size, method="nearest")[..., 0]
+        return ids.numpy()
 
 
 def cached_predictor(cache, model, domain):
@@ -66,10 +95,12 @@ def load_examples(examples, lookup_table):
     paths = tf.data.Dataset.from_tensor_slices(
         (tf.constant([e.image for e in examples]), tf.constant([e.label for e in examples]))
     )
-    decoded = paths.map(
-        lambda image, label: (pipeline.decode_image(image), pipeline.decode_label(label, lookup_table)),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
-    ).prefetch(tf.data.AUTOTUNE)
+
+    def decode(image, label):
+        return pipeline.decode_image(image), pipeline.decode_label(label, lookup_table)
+
+    decoded = paths.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    decoded = decoded.prefetch(tf.data.AUTOTUNE)
     for example, (image, label) in zip(examples, decoded.as_numpy_iterator()):
         yield example, image, label
 

@@ -41,7 +41,7 @@ from usss_tf import centroids as centroid_stage
 from usss_tf import config as config_lib
 from usss_tf import evaluate as evaluate_lib
 from usss_tf import inference
-from usss_tf.callbacks import TrainingLogger
+from usss_tf.callbacks import TrainingLogger, shows_progress
 from usss_tf.data import pipeline, sources
 from usss_tf.errors import ConfigError
 from usss_tf.model.segmenter import UniversalSegmenter
@@ -110,6 +110,7 @@ class Experiment:
         self.monitor = None  # usss_tf.monitoring.RunMonitor, made by setup().
         self.confusions = {}  # domain -> confusion matrix of the latest evaluate().
         self._predictors = {}  # domain -> inference.DomainPredictor, traced once per run.
+        self._last_validation = None  # (global step, results) of the latest validation logged.
 
     # -- run directory --------------------------------------------------------------
 
@@ -208,8 +209,12 @@ class Experiment:
                 "universal", cfg.train.steps, cfg.train.pretrain_steps, previous, done
             )
         self._restore_model(previous)
-        results = self.evaluate()
-        self._log_validation(results, cfg.train.pretrain_steps + cfg.train.steps)
+        final_step = cfg.train.pretrain_steps + cfg.train.steps
+        if self._last_validation is not None and self._last_validation[0] == final_step:
+            results = self._last_validation[1]  # The last stage ended on a validation: no repeat.
+        else:
+            results = self.evaluate()
+            self._log_validation(results, final_step)
         _write_json(self.run_dir / "metrics.json", results)
         return results
 
@@ -315,8 +320,8 @@ class Experiment:
         if step % every == 0 or step == steps:
             results = self.evaluate()
             self._log_validation(results, offset + step)
-            if cfg.train.verbose:
-                print()
+            if shows_progress(cfg.train.verbose):
+                print()  # End the progress bar's line.
             self.echo(f"[{stage}] step {step}/{steps}: " + ", ".join(
                 f"mIoU {d} {r['miou']:.3f}" for d, r in results.items()
             ))
@@ -396,6 +401,7 @@ class Experiment:
         return results
 
     def _log_validation(self, results, global_step):
+        self._last_validation = (global_step, results)
         with self.val_writer.as_default(step=global_step):
             for domain, r in results.items():
                 tf.summary.scalar(f"miou/{domain}", r["miou"])

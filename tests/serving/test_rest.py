@@ -8,7 +8,8 @@ import urllib.parse
 import numpy as np
 import pytest
 
-from usss_tf import export
+from usss_tf import testing
+from usss_tf.serving import contract
 
 from .conftest import MAX_MESSAGE_MB, MODEL, keras_class_ids
 
@@ -43,7 +44,7 @@ def test_metadata_lists_every_signature(server):
     assert status == 200
     assert body["model_spec"] == {"name": MODEL, "version": "1", "signature_name": ""}
     signatures = body["metadata"]["signature_def"]["signature_def"]
-    assert sorted(signatures) == sorted(export.signature_names(["synth_city", "synth_camvid"]))
+    assert sorted(signatures) == sorted(contract.signature_names(["synth_city", "synth_camvid"]))
     assert signatures["segment_synth_city"]["inputs"]["images"]["dtype"] == "DT_STRING"
     assert signatures["segment_synth_camvid"]["outputs"]["class_ids"]["dtype"] == "DT_UINT8"
 
@@ -86,6 +87,8 @@ def test_predict_the_tensor_signature_with_pixel_rows(server, trained, scene_png
     (f"/v1/models/nope:predict", {"instances": ["x"]}, 404, ["model 'nope'"]),
     (f"/v1/models/{MODEL}/versions/9:predict", {"instances": ["x"]}, 404, ["version 9"]),
     (f"/v1/models/{MODEL}:predict", {"instances": [_b64(b"not an image")]}, 400, ["not a PNG or JPEG"]),
+    (f"/v1/models/{MODEL}:predict", {"instances": [_b64(testing.zero_png(6000, 6000))]}, 400,
+     ["image 0 is 6000x6000", "max_image_pixels"]),
     (f"/v1/models/{MODEL}:predict", {"instances": [{"b64": "%%%"}]}, 400, ["not valid base64"]),
     (f"/v1/models/{MODEL}:predict", {"instances": [], "inputs": []}, 400, ["exactly one of"]),
     (f"/v1/models/{MODEL}:predict", {"signature_name": "segment_synth_city_tensor", "instances": [[[1, 2], [3]]]},

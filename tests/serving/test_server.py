@@ -26,7 +26,8 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from usss_tf import export
+from usss_tf import testing
+from usss_tf.serving import contract
 from usss_tf.serving.server import ModelServer
 
 from .conftest import MODEL, add_version, keras_class_ids, predict_request
@@ -89,7 +90,7 @@ def test_output_filter_returns_only_the_named_outputs(predictions, scene_pngs):
 def test_metadata_holds_the_real_signature_defs(predictions, exported):
     response, signature_map = _metadata(predictions)
     assert response.model_spec.name == MODEL and response.model_spec.version.value == 1
-    expected = export.signature_names(["synth_city", "synth_camvid"])
+    expected = contract.signature_names(["synth_city", "synth_camvid"])
     assert sorted(signature_map.signature_def) == sorted(expected)
     # The same SignatureDefs saved_model_cli shows, read by TensorFlow's own tool.
     on_disk = saved_model_utils.get_meta_graph_def(str(exported), "serve").signature_def
@@ -143,6 +144,10 @@ BAD_REQUESTS = [
     ("unknown output_filter", lambda p: predict_request(p[:1], output_filter=["class_ids", "logits"]),
      grpc.StatusCode.INVALID_ARGUMENT, ["'logits'", "'probabilities'"]),
     ("oversize message", lambda p: _too_big(), grpc.StatusCode.RESOURCE_EXHAUSTED, ["larger than max"]),
+    ("decompression bomb", lambda p: predict_request([p[0], testing.zero_png(6000, 6000)]),
+     grpc.StatusCode.INVALID_ARGUMENT, ["image 1 is 6000x6000", "36000000 pixels", "max_image_pixels"]),
+    ("jpeg bomb", lambda p: predict_request([testing.jpeg_declaring(8000, 4000, progressive=True)]),
+     grpc.StatusCode.INVALID_ARGUMENT, ["image 0 is 4000x8000", "max_image_pixels"]),
 ]
 
 

@@ -199,6 +199,25 @@ def prepare_domain(config, index, check=True, echo=None):
     )
 
 
+def evaluation_examples(domain, root, split, on_broken="stop", echo=None):
+    """Every labelled example of ``split`` for evaluation, triaged as training triages.
+
+    Under ``data.on_broken: skip`` the examples that fail the checks
+    (validation's depth: headers, and labels decoded) are left out and
+    counted, so a run trained with broken files skipped evaluates on the same
+    usable files; under ``stop`` a broken one is an error naming the file.
+    """
+    triage = _Triage(domain, on_broken)
+    examples = readers.list_examples(domain, root, split, require_labels=False)
+    kept = triage.keep(sorted(examples, key=lambda e: e.key), split, decode_labels=True)
+    if triage.skipped and echo is not None:
+        echo(f"[data] {domain.name}: skipped {len(triage.skipped)} broken example(s) of split "
+             f"'{split}' (data.on_broken: skip): " + checks.describe(triage.skipped, 3))
+    if not kept:
+        raise DatasetError(f"domain '{domain.name}': no usable labelled image in split '{split}'")
+    return kept
+
+
 def prepare_domains(config, check=True, echo=None):
     """Lists, checks and splits every domain of ``config``; returns ``DomainInputs``.
 

@@ -10,5 +10,7 @@ Modules: ``models`` (the versions on disk, loaded and watched),
 ``signatures`` (checking and running one signature), ``api`` (the TF Serving
 operations on protos), ``grpc_service`` and ``rest`` (the two front ends),
 ``json_tensors`` (the REST JSON encoding), ``status`` (error codes),
-``server`` (the whole server), ``client`` (the prediction client).
+``server`` (the whole server), ``client`` (the prediction client), and
+``contract`` (what an export promises: signature names, files, limits,
+defaults), which the exporter and the CLI read too.
 """

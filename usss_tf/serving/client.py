@@ -26,16 +26,13 @@ from PIL import Image, UnidentifiedImageError
 
 from usss_tf import domains as domain_registry
 from usss_tf.errors import ServingError, UnknownDomainError
+from usss_tf.serving import contract
 
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_BATCH = 8
 OVERLAY_ALPHA = 0.5
 # Formats the export's bytes signatures decode; others are re-encoded as PNG.
 _SENT_AS_IS = {"PNG", "JPEG"}
-
-
-def segment_signature(domain):
-    return f"segment_{domain}"
 
 
 def generated_palette(num_classes):
@@ -106,7 +103,7 @@ class SegmentationClient:
       max_message_mb: the largest answer accepted (gRPC's default is 4 MB).
     """
 
-    def __init__(self, server, model="usss", version=None, timeout=DEFAULT_TIMEOUT, max_message_mb=64):
+    def __init__(self, server, model=contract.DEFAULT_MODEL_NAME, version=None, timeout=DEFAULT_TIMEOUT, max_message_mb=64):
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
         self.server = server
@@ -175,10 +172,9 @@ class SegmentationClient:
     def num_classes(self, domain):
         """Classes the served model predicts for ``domain``; a clear error if it has no such domain."""
         signature_defs = self.signature_defs()
-        name = segment_signature(domain)
+        name = contract.segment_signature(domain)
         if name not in signature_defs:
-            served = sorted(n[len("segment_"):] for n in signature_defs
-                            if n.startswith("segment_") and not n.endswith("_tensor"))
+            served = contract.served_domains(signature_defs)
             raise ServingError(f"{self._where()}: no domain '{domain}' (no signature '{name}'); "
                                f"it serves: {', '.join(served) or 'no segment_<domain> signatures'}")
         dims = signature_defs[name].outputs["probabilities"].tensor_shape.dim
@@ -191,10 +187,10 @@ class SegmentationClient:
         from tensorflow_serving.apis import predict_pb2
 
         request = predict_pb2.PredictRequest()
-        self._model_spec(request.model_spec, segment_signature(domain))
+        self._model_spec(request.model_spec, contract.segment_signature(domain))
         request.inputs["images"].CopyFrom(tf.make_tensor_proto(list(encoded_images), dtype=tf.string))
         request.output_filter.append("class_ids")
-        response = self._call(self._predictions.Predict, request, f"Predict {segment_signature(domain)}")
+        response = self._call(self._predictions.Predict, request, f"Predict {contract.segment_signature(domain)}")
         return tf.make_ndarray(response.outputs["class_ids"])
 
 
@@ -230,7 +226,7 @@ def write_prediction(image, class_ids, palette, out_dir):
     return ids_path, overlay_path
 
 
-def predict_files(server, domain, image_paths, out_dir, model="usss", version=None,
+def predict_files(server, domain, image_paths, out_dir, model=contract.DEFAULT_MODEL_NAME, version=None,
                   timeout=DEFAULT_TIMEOUT, batch=DEFAULT_BATCH, echo=None):
     """Segments image files on a model server and writes their PNGs into ``out_dir``.
 

@@ -34,13 +34,12 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
 from usss_tf.errors import ServingError
+from usss_tf.serving import contract
 from usss_tf.serving.signatures import SignatureRunner
 from usss_tf.serving.status import not_found
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SIGNATURE = "serving_default"
-WARMUP_FILE = pathlib.Path("assets.extra") / "tf_serving_warmup_requests"
 _MAX_WARMUP_REQUESTS = 1000  # TF Serving's cap
 # Signature-def entries that are not callable signatures (TF2's init op).
 _INTERNAL_PREFIX = "__"
@@ -92,7 +91,7 @@ class LoadedVersion:
         A failing warm-up request fails the load, as in TF Serving: a version
         that cannot answer its own examples is not served.
         """
-        path = self.path / WARMUP_FILE
+        path = self.path / contract.WARMUP_PATH
         if not path.is_file():
             return 0
         count = 0
@@ -109,7 +108,7 @@ class LoadedVersion:
 
     def runner(self, signature_name, model_name):
         """The runner of ``signature_name`` (``serving_default`` when empty); NOT_FOUND otherwise."""
-        name = signature_name or DEFAULT_SIGNATURE
+        name = signature_name or contract.DEFAULT_SIGNATURE
         try:
             return self.runners[name]
         except KeyError:
@@ -121,11 +120,7 @@ class LoadedVersion:
 
 def versions_on_disk(model_base):
     """{version: folder} of the complete integer version folders under ``model_base``."""
-    base = pathlib.Path(model_base)
-    if not base.is_dir():
-        return {}
-    return {int(path.name): path for path in base.iterdir()
-            if path.name.isdigit() and (path / "saved_model.pb").is_file()}
+    return contract.version_folders(model_base, complete_only=True)
 
 
 def _fingerprint(path):
@@ -142,7 +137,7 @@ class ModelStore:
     ``poll_seconds`` on a daemon thread until ``stop``.
     """
 
-    def __init__(self, model_base, name="usss", poll_seconds=2.0):
+    def __init__(self, model_base, name=contract.DEFAULT_MODEL_NAME, poll_seconds=2.0):
         self.model_base = pathlib.Path(model_base)
         self.name = name
         self.poll_seconds = float(poll_seconds)

@@ -28,7 +28,7 @@ from tensorflow_serving.apis import (
 
 from usss_tf.serving import json_tensors
 from usss_tf.serving.api import SIGNATURE_DEF_FIELD, requested_version
-from usss_tf.serving.models import DEFAULT_SIGNATURE
+from usss_tf.serving import contract
 from usss_tf.serving.status import RequestError, invalid_argument, not_found
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
         if signature_name is not None and not isinstance(signature_name, str):
             raise invalid_argument(f'"signature_name" must be a string, got {signature_name!r:.60}')
         spec = _model_spec(route)
-        spec.signature_name = signature_name or DEFAULT_SIGNATURE
+        spec.signature_name = signature_name or contract.DEFAULT_SIGNATURE
         api = self.server.api
         # Resolve the signature first: decoding needs its input dtypes.
         loaded = api.store.get(spec.name, requested_version(spec))

@@ -26,6 +26,7 @@ import threading
 import grpc
 
 from usss_tf.errors import ServingError
+from usss_tf.serving import contract
 from usss_tf.serving.api import ServingApi
 from usss_tf.serving.grpc_service import add_services
 from usss_tf.serving.models import ModelStore
@@ -48,7 +49,8 @@ class ModelServer:
     ones after ``start``. Usable as a context manager.
     """
 
-    def __init__(self, model_base, model_name="usss", host="127.0.0.1", port=8500, rest_port=8501,
+    def __init__(self, model_base, model_name=contract.DEFAULT_MODEL_NAME, host="127.0.0.1",
+                 port=contract.DEFAULT_GRPC_PORT, rest_port=contract.DEFAULT_REST_PORT,
                  max_message_mb=DEFAULT_MAX_MESSAGE_MB, poll_seconds=DEFAULT_POLL_SECONDS, max_workers=8):
         self.store = ModelStore(model_base, model_name, poll_seconds=poll_seconds)
         self.api = ServingApi(self.store)
