@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from usss_tf import precision as precision_lib  # noqa: E402
+from usss_tf.method import Objective  # noqa: E402
 from usss_tf.model.segmenter import UniversalSegmenter  # noqa: E402
 
 DOMAINS = {"synth_city": 10, "synth_camvid": 7}
@@ -35,8 +36,9 @@ def make_step(backbone, width=1.0, supervised_only=False, precision="float32", d
     with precision_lib.dtype_policy(precision):
         model = UniversalSegmenter(domains, backbone=backbone, width=width)
     model.build()
-    model.compile(optimizer=keras.optimizers.AdamW(1e-3),
-                  loss_weights={"supervised": 1} if supervised_only else FULL)
+    model.objective = Objective({"supervised": 1} if supervised_only else FULL,
+                                num_domains=len(model.domains))
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3))
     return model, tf.function(model.train_step)
 
 

@@ -19,6 +19,7 @@ SCRIPT = textwrap.dedent(
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
+    from usss_tf.method import Objective
     from usss_tf.model.segmenter import UniversalSegmenter
 
     domains = {"a": 3, "b": 4}
@@ -39,7 +40,8 @@ SCRIPT = textwrap.dedent(
             model = UniversalSegmenter(domains, width=0.25, embedding_dim=8,
                                        centroids_per_class=2, sync_batchnorm=True)
             model.build()
-            model.compile(optimizer=keras.optimizers.SGD(0.1), loss_weights=weights)
+            model.objective = Objective(weights, num_domains=len(model.domains))
+            model.compile(optimizer=keras.optimizers.SGD(0.1))
         before = [w.numpy().copy() for w in model.trainable_weights]
         model.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0, shuffle=False)
         after = [w.numpy() for w in model.trainable_weights]

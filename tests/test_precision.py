@@ -8,6 +8,7 @@ import tensorflow as tf
 from usss_tf import config as config_lib
 from usss_tf import precision
 from usss_tf.errors import ConfigError
+from usss_tf.method import Objective
 from usss_tf.model.segmenter import UniversalSegmenter
 
 ALL_LOSSES = {"supervised": 1, "within_entropy": 0.1, "cross_entropy": 0.1, "embedding_supervision": 1}
@@ -54,7 +55,8 @@ def test_mixed_bfloat16_train_step_has_float32_losses_and_variables():
     model = UniversalSegmenter.from_experiment(_config("mixed_bfloat16"))
     assert keras.config.dtype_policy().name == "float32"  # construction does not leak the policy
     model.build()
-    model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss_weights=ALL_LOSSES)
+    model.objective = Objective(ALL_LOSSES, num_domains=len(model.domains))
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3))
     assert model.encoder.layers[1].compute_dtype == "bfloat16"
     assert model.label_centroids("synth_city").compute_dtype == "float32"
     assert all(v.dtype == "float32" for v in model.weights)
@@ -81,7 +83,8 @@ def test_mixed_bfloat16_train_step_has_float32_losses_and_variables():
 def test_mixed_float16_wraps_the_optimizer_in_loss_scaling():
     model = UniversalSegmenter.from_experiment(_config("mixed_float16"))
     model.build()
-    model.compile(optimizer=keras.optimizers.SGD(1e-2), loss_weights={"supervised": 1})
+    model.objective = Objective({"supervised": 1}, num_domains=len(model.domains))
+    model.compile(optimizer=keras.optimizers.SGD(1e-2))
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     batch = _batch(model, batch=1)
     logs = tf.function(model.train_step)({d: {k: v for k, v in b.items() if k != "unlabeled"}

@@ -1,4 +1,4 @@
-"""Keras callbacks: per-step TensorBoard scalars and a progress bar."""
+"""Keras callbacks: per-step TensorBoard scalars and a progress bar; a per-step hook."""
 
 import sys
 import time
@@ -15,9 +15,8 @@ def shows_progress(verbose):
 class TrainingLogger(keras.callbacks.Callback):
     """Writes every loss term, the learning rate and images/s to TensorBoard.
 
-    One instance spans a whole stage (which may be trained in several ``fit``
-    calls between checkpoints); the step is read from the optimizer so a
-    resumed run continues the same curves.
+    One instance spans a whole stage; a resumed stage starts at ``first_step``
+    (its checkpointed step counter), so the curves continue where they stopped.
 
     Args:
       writer: a ``tf.summary`` file writer.
@@ -28,9 +27,11 @@ class TrainingLogger(keras.callbacks.Callback):
       total_steps: steps of the stage, for the progress bar.
       verbose: 0 silent, 1 progress bar (only on a terminal: a log file gets
         no cursor codes, only the stage's validation lines).
+      first_step: the stage's step when this ``fit`` starts (0 unless resumed).
     """
 
-    def __init__(self, writer, stage, step_offset, log_every, images_per_step, total_steps, verbose=1):
+    def __init__(self, writer, stage, step_offset, log_every, images_per_step, total_steps, verbose=1,
+                 first_step=0):
         super().__init__()
         self.writer = writer
         self.stage = stage
@@ -40,13 +41,14 @@ class TrainingLogger(keras.callbacks.Callback):
         self.total_steps = total_steps
         self.progbar = (keras.utils.Progbar(total_steps, stateful_metrics=None)
                         if shows_progress(verbose) else None)
+        self._first_step = self._last_step = first_step
         self._last_time = None
-        self._last_step = None
         self.last_logs = {}
+        if self.progbar is not None:
+            self.progbar.update(first_step)
 
     def on_train_begin(self, logs=None):
         self._last_time = time.perf_counter()
-        self._first_step = self._last_step = int(self.model.optimizer.iterations.numpy())
 
     def on_train_batch_end(self, batch, logs=None):
         # Reading values back forces a host sync: only on logging steps.
@@ -79,3 +81,20 @@ def _merge(pairs):
     for key, value in pairs:
         merged[key] = merged.get(key, 0.0) + value
     return list(merged.items())
+
+
+class StepHook(keras.callbacks.Callback):
+    """Calls ``hook(step)`` after every batch, with the stage's step (``first_step`` + batches).
+
+    The step is derived, not read from the optimizer: no per-step host sync,
+    and it counts batches even when a loss-scale skip leaves the optimizer's
+    iterations behind.
+    """
+
+    def __init__(self, first_step, hook):
+        super().__init__()
+        self.first_step = first_step
+        self.hook = hook
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.hook(self.first_step + batch + 1)

@@ -385,9 +385,13 @@ def load_config(path, overrides=()):
     return config_from_dict(mapping, overrides, source=str(path))
 
 
+def dump_config(config):
+    """The config as YAML text, in field order (what ``load_config`` reads back)."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
 def save_config(config, path):
-    path = pathlib.Path(path)
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    pathlib.Path(path).write_text(dump_config(config))
 
 
 def _deep_copy(value):

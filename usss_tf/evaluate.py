@@ -16,7 +16,6 @@ so a served model predicts what this module measures. Predictions can be written
 colourised images.
 """
 
-import json
 import pathlib
 import time
 
@@ -28,6 +27,7 @@ from usss_tf import metrics as metrics_lib
 from usss_tf import inference, runs
 from usss_tf.data import sources
 from usss_tf.errors import ConfigError, UnknownDomainError
+from usss_tf.run_dir import RunDir, write_json_atomic
 
 
 def train_to_raw(domain):
@@ -169,7 +169,7 @@ def evaluate_run(run_dir, split="val", domains=None, batch_size=None, prediction
     if config.method == "supervised" and saved_model is None:
         results = {}
         for _, domain_config in selected:
-            sub = run_dir / "supervised" / domain_config.name
+            sub = RunDir(run_dir).supervised(domain_config.name).path
             results.update(evaluate_run(sub, split, [domain_config.name], batch_size,
                                         predictions_dir, echo))
         return results
@@ -205,9 +205,7 @@ def evaluate_run(run_dir, split="val", domains=None, batch_size=None, prediction
 def write_results(results, path):
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(path)
+    write_json_atomic(path, results)
 
 
 def format_report(results):

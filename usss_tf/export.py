@@ -35,17 +35,16 @@ as well as under ``tf.saved_model.load``.
 """
 
 import json
-import os
 import pathlib
 import shutil
 import tempfile
-import uuid
 import warnings
 
 import tensorflow as tf
 
 from usss_tf.domains import IGNORE_LABEL
 from usss_tf.errors import ExportError
+from usss_tf.run_dir import staged_folder
 from usss_tf.serving.contract import (
     DEFAULT_MODEL_BASE,
     DEFAULT_MODEL_NAME,
@@ -409,7 +408,8 @@ def export_run(run_dir, model_base=DEFAULT_MODEL_BASE, version=None, echo=None,
     """Exports a run directory's final model as ``<model_base>/<version>/``.
 
     The version is written into a temporary sibling whose name starts with
-    ``.`` (TF Serving skips it) and renamed into place once complete. An
+    ``.`` (TF Serving skips it) and renamed into place once complete
+    (``run_dir.staged_folder``). An
     existing version folder is an error, never overwritten. A run that has not
     finished is exported with a warning (through ``echo`` when given).
 
@@ -436,22 +436,16 @@ def export_run(run_dir, model_base=DEFAULT_MODEL_BASE, version=None, echo=None,
             warnings.warn(message, stacklevel=2)
         else:
             echo(message)
-    model_base.mkdir(parents=True, exist_ok=True)
-    staging = model_base / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
+    # Only univ_full fits label centroids (and trains the embedding): for the
+    # other methods an ``embed`` signature would serve random centroids.
+    with_embedding = loaded.has_label_centroids
+    if not with_embedding and echo is not None:
+        echo(f"note: method {loaded.config.method}: no label centroids, so no 'embed' signatures")
     try:
-        # Only univ_full trains the embedding and fits the centroids: for the
-        # other methods an ``embed`` signature would serve random centroids.
-        with_embedding = loaded.config.method == "univ_full" and (
-            loaded.run_dir / "checkpoints" / "centroids").is_dir()
-        if not with_embedding and echo is not None:
-            echo(f"note: method {loaded.config.method}: no label centroids, so no 'embed' signatures")
-        export_model(loaded.model, loaded.domains, staging, model_name=model_base.name,
-                     with_embedding=with_embedding, max_image_pixels=max_image_pixels,
-                     max_request_pixels=max_request_pixels)
-        if target.exists():  # Another export took this version meanwhile.
-            raise ExportError(f"{target} already exists; pick another --version or leave it out")
-        os.rename(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+        with staged_folder(target) as staging:
+            export_model(loaded.model, loaded.domains, staging, model_name=model_base.name,
+                         with_embedding=with_embedding, max_image_pixels=max_image_pixels,
+                         max_request_pixels=max_request_pixels)
+    except FileExistsError:  # Another export took this version meanwhile.
+        raise ExportError(f"{target} already exists; pick another --version or leave it out") from None
     return target

@@ -25,6 +25,8 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.plugins import projector
 
+from usss_tf.run_dir import write_text_atomic
+
 TENSOR_NAME = "label_centroids/.ATTRIBUTES/VARIABLE_VALUE"
 METADATA_FILE = "metadata.tsv"
 CHECKPOINT_NAME = "centroids"
@@ -72,9 +74,7 @@ def write_centroid_projector(log_dir, model, domains, step):
     lines = ["domain\tclass\tcentroid"] + [
         f"{_tsv_field(d)}\t{_tsv_field(c)}\t{k}" for d, c, k in rows
     ]
-    tmp = log_dir / f"{METADATA_FILE}.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(log_dir / METADATA_FILE)
+    write_text_atomic(log_dir / METADATA_FILE, "\n".join(lines) + "\n")
 
     config = projector.ProjectorConfig()
     embedding = config.embeddings.add()

@@ -6,17 +6,15 @@ describes and restores the weights of the last stage that has a checkpoint.
 """
 
 import dataclasses
-import json
 import pathlib
 
 import tensorflow as tf
 
 from usss_tf import config as config_lib
 from usss_tf import domains as domain_registry
+from usss_tf import method
+from usss_tf import run_dir as run_dir_lib
 from usss_tf.errors import ConfigError
-
-# Checkpointed stages, latest first: the model after the last one is the result.
-_STAGES_LATEST_FIRST = ("universal", "target", "centroids", "pretrain", "source")
 
 
 @dataclasses.dataclass
@@ -31,6 +29,7 @@ class TrainedRun:
       checkpoint: the checkpoint the weights come from.
       stage: the stage that checkpoint belongs to.
       finished: whether every stage of the run finished.
+      has_label_centroids: whether its centroid stage ran (the embedding branch is trained).
     """
 
     run_dir: pathlib.Path
@@ -40,6 +39,7 @@ class TrainedRun:
     checkpoint: str
     stage: str
     finished: bool
+    has_label_centroids: bool = False
 
     def domain(self, name):
         for domain in self.domains:
@@ -54,20 +54,22 @@ class TrainedRun:
 def read_config(run_dir):
     """The run's saved config; a clear error when ``run_dir`` is not a run."""
     run_dir = pathlib.Path(run_dir)
-    path = run_dir / "config.yaml"
+    path = run_dir_lib.RunDir(run_dir).config_path
     if not path.is_file():
         raise ConfigError(f"{run_dir}: not a run directory (no config.yaml); train one with `usss-tf train`")
     return config_lib.load_config(path)
 
 
-def final_checkpoint(run_dir):
-    """(stage, checkpoint path) of the latest stage that saved a checkpoint."""
-    run_dir = pathlib.Path(run_dir)
-    for stage in _STAGES_LATEST_FIRST:
-        path = tf.train.latest_checkpoint(str(run_dir / "checkpoints" / stage))
+def final_checkpoint(run_dir, method_name=None):
+    """(stage, checkpoint path) of the latest stage of the run's plan that saved a checkpoint."""
+    run = run_dir_lib.RunDir(run_dir)
+    method_name = method_name or read_config(run.path).method
+    for stage in method.final_stages(method_name):
+        path = run.latest_checkpoint(stage.name)
         if path:
-            return stage, path
-    raise ConfigError(f"{run_dir}: no checkpoint under {run_dir / 'checkpoints'}; the run never saved one")
+            return stage.name, path
+    raise ConfigError(f"{run.path}: no checkpoint under {run / run_dir_lib.CHECKPOINTS}; "
+                      "the run never saved one")
 
 
 def load_run(run_dir):
@@ -77,20 +79,18 @@ def load_run(run_dir):
     run_dir = pathlib.Path(run_dir)
     config = read_config(run_dir)
     if config.method == "supervised":
-        names = ", ".join(str(run_dir / "supervised" / d.name) for d in config.domains)
+        names = ", ".join(str(run_dir_lib.RunDir(run_dir).supervised(d.name).path) for d in config.domains)
         raise ConfigError(
             f"{run_dir}: a 'supervised' run holds one model per domain; "
             f"use the per-domain run directories: {names}"
         )
-    stage, checkpoint = final_checkpoint(run_dir)
+    stage, checkpoint = final_checkpoint(run_dir, config.method)
     model = UniversalSegmenter.from_experiment(dataclasses.replace(
         config, model=dataclasses.replace(config.model, backbone_weights=None)
     ))
     model.build()
     tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial()
-    stages_path = run_dir / "stages.json"
-    done = json.loads(stages_path.read_text()) if stages_path.exists() else {}
-    finished = (run_dir / "metrics.json").exists() and bool(done)
+    run = run_dir_lib.RunDir(run_dir)
     return TrainedRun(
         run_dir=run_dir,
         config=config,
@@ -98,5 +98,6 @@ def load_run(run_dir):
         domains=[domain_registry.get_domain(d.name) for d in config.domains],
         checkpoint=checkpoint,
         stage=stage,
-        finished=finished,
+        finished=run.finished(),
+        has_label_centroids=run.has_label_centroids(),
     )

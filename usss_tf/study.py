@@ -20,6 +20,7 @@ per domain, one line per method).
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import pathlib
@@ -28,6 +29,7 @@ import time
 import yaml
 
 from usss_tf import config as config_lib
+from usss_tf import run_dir as run_dir_lib
 from usss_tf.errors import ConfigError
 
 _GRID_KEYS = {"name", "base", "set", "methods", "labeled", "seeds", "out"}
@@ -144,7 +146,7 @@ def run_study(grid, devices=None, echo=print, jobs=1, shard=None, grid_path=None
         if shard and (index - 1) % shard[1] != shard[0]:
             continue
         run_dir = grid.run_dir(method, n, seed)
-        figures_path = run_dir / "evaluation.json"
+        figures_path = run_dir / run_dir_lib.EVALUATION
         if figures_path.exists():
             echo(f"[study {index}/{len(cells)}] {method} N={n} seed={seed}: done, skipping")
             continue
@@ -209,7 +211,7 @@ def collect_rows(grid):
     rows = []
     for method, n, seed in grid.cells():
         run_dir = grid.run_dir(method, n, seed)
-        path = run_dir / "evaluation.json"
+        path = run_dir / run_dir_lib.EVALUATION
         if not path.exists():
             continue
         result = json.loads(path.read_text())
@@ -297,10 +299,10 @@ def write_reports(grid, rows):
     """``results.csv``, ``results.md`` and ``results.png`` in the study folder."""
     out = grid.out
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "results.csv.tmp", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "results.csv.tmp").replace(out / "results.csv")
-    (out / "results.md").write_text(format_markdown(grid, rows))
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    run_dir_lib.write_text_atomic(out / "results.csv", table.getvalue())
+    run_dir_lib.write_text_atomic(out / "results.md", format_markdown(grid, rows))
     write_chart(grid, rows, out / "results.png")

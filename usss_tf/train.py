@@ -1,35 +1,19 @@
-"""Runs an experiment: supervised pre-training -> label centroids -> universal training.
+"""Runs an experiment: walks its method's stage plan in a run directory, resumably.
 
-Stages per method (``config.method``):
-
-* ``univ_full``: pretrain (supervised, all domains) -> centroids -> universal (all losses);
-* ``univ_basic``: pretrain -> universal, supervised loss only (shared encoder);
-* ``finetune``: source (the first domain, ``train.pretrain_steps``) -> target
-  (the other domains, ``train.steps``), supervised loss only;
-* ``supervised``: one independent ``univ_basic`` run per domain, labelled data only,
-  in ``supervised/<domain>/`` (each a run directory of its own) for
-  ``pretrain_steps + steps`` steps; the figures are gathered in this directory.
-
-A run directory holds everything a run needs to be resumed and audited::
-
-    config.yaml      the resolved config (re-running checks it is unchanged)
-    run.json         seed, versions, devices
-    manifest.json    the labelled subset of every domain (by example key)
-    stages.json      finished stages with their step counts (written atomically)
-    checkpoints/<stage>/   tf.train.CheckpointManager checkpoints (model + optimizer)
-    centroids.json   the centroid stage's report (pixels per class, missing classes)
-    tensorboard/{train,validation}/   event files
-    tensorboard/     hparams, label-centroid projector (usss_tf.monitoring, usss_tf.projector)
-    metrics.json     the final validation figures per domain
+``Experiment`` prepares the run directory (``usss_tf.run_dir``), the data and
+the model, then walks ``method.plan(config.method)``: training stages go to
+the ``StageTrainer`` (``usss_tf.trainer``), the centroid stage to
+``usss_tf.centroids``. After each step it checkpoints, refreshes centroids and
+validates at the configured intervals. Validation is ``usss-tf evaluate``'s
+code (``evaluate.evaluate_domain``) on the first ``data.max_val_images``
+validation images. A ``supervised`` run is one ``Experiment`` per domain
+(``run_experiment`` walks them), each in ``supervised/<domain>/``.
 
 Re-running ``train`` on the same directory skips finished stages and resumes
 the current one from its latest checkpoint; batches are a function of
 (seed, step), so the resumed run sees the batches the killed one would have.
 """
 
-import dataclasses
-import json
-import pathlib
 import platform
 import time
 
@@ -40,141 +24,97 @@ import tensorflow as tf
 from usss_tf import centroids as centroid_stage
 from usss_tf import config as config_lib
 from usss_tf import evaluate as evaluate_lib
-from usss_tf import inference
-from usss_tf.callbacks import TrainingLogger, shows_progress
+from usss_tf import inference, method
+from usss_tf import run_dir as run_dir_lib
+from usss_tf.callbacks import shows_progress
 from usss_tf.data import pipeline, sources
 from usss_tf.errors import ConfigError
 from usss_tf.model.segmenter import UniversalSegmenter
 from usss_tf.monitoring import RunMonitor
+from usss_tf.trainer import StageTrainer, make_strategy
 
-STAGES = ("pretrain", "centroids", "universal", "source", "target")
-
-
-def _write_json(path, payload):
-    tmp = pathlib.Path(f"{path}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False))
-    tmp.replace(path)
+__all__ = ["Experiment", "format_results", "make_strategy", "run_experiment"]
 
 
-def make_strategy(devices=None):
-    """``MirroredStrategy`` over ``devices`` (names or a count), default all GPUs or the CPU."""
-    if isinstance(devices, int):
-        available = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-        if devices > len(available):
-            raise ConfigError(
-                f"--devices {devices}: only {len(available)} device(s) visible: "
-                f"{', '.join(d.name for d in available)}"
-            )
-        devices = [d.name for d in available[:devices]]
-    elif devices:
-        known = {d.name for d in tf.config.list_logical_devices()}
-        for name in devices:
-            full = name if name.startswith("/") else f"/device:{name.upper()}"
-            if full not in known and name not in known:
-                raise ConfigError(f"--devices: unknown device {name!r}; visible: {', '.join(sorted(known))}")
-    else:
-        gpus = tf.config.list_logical_devices("GPU")
-        devices = [d.name for d in gpus] or ["/cpu:0"]
-    return tf.distribute.MirroredStrategy(devices)
+def _versions():
+    return {"tensorflow": tf.__version__, "keras": keras.__version__,
+            "python": platform.python_version()}
 
 
-def _stage_loss_weights(config, stage):
-    if stage != "universal" or config.method != "univ_full":
-        return {"supervised": config.loss.supervised}
-    return dataclasses.asdict(config.loss)
+def prepare_run_dir(config, run_dir):
+    """Creates ``run_dir`` and saves ``config`` there, or checks it matches the saved one.
 
-
-def _make_optimizer(train_config, steps):
-    schedule = keras.optimizers.schedules.PolynomialDecay(
-        train_config.learning_rate, decay_steps=max(steps, 1),
-        end_learning_rate=train_config.learning_rate * 1e-2, power=train_config.poly_power,
-    )
-    if train_config.optimizer == "sgd":
-        return keras.optimizers.SGD(
-            schedule, momentum=train_config.momentum, weight_decay=train_config.weight_decay or None
+    A run directory started with a different config (other than keys that
+    only change logging) is refused: resuming must not silently change the
+    experiment.
+    """
+    run_dir = run_dir_lib.RunDir(run_dir).create()
+    saved = run_dir.config_path
+    if saved.exists():
+        before = config_lib.flatten(config_lib.load_config(saved).to_dict())
+        after = config_lib.flatten(config.to_dict())
+        changed = sorted(
+            k for k in set(before) | set(after)
+            if before.get(k) != after.get(k) and k not in config_lib.WATCH_ONLY_KEYS
         )
-    return keras.optimizers.AdamW(schedule, weight_decay=train_config.weight_decay)
+        if changed:
+            raise ConfigError(
+                f"{saved}: this run directory was started with a different config "
+                f"(changed: {', '.join(changed)}); use a new --run-dir"
+            )
+    run_dir_lib.write_text_atomic(saved, config_lib.dump_config(config))
+    return run_dir
 
 
 class Experiment:
-    """One run of a config in a run directory; ``run()`` does all stages."""
+    """One run of a (non-``supervised``) config in a run directory; ``run()`` does every stage."""
 
     def __init__(self, config, run_dir, devices=None, echo=print):
+        if config.method not in method.PLANS:
+            raise ConfigError(f"method {config.method!r} has no stage plan; use run_experiment")
         self.config = config
-        self.run_dir = pathlib.Path(run_dir)
+        self.run_dir = run_dir_lib.RunDir(run_dir)
         self.devices = devices
         self.echo = echo
         self.strategy = None
         self.model = None
+        self.trainer = None
         self.inputs = None
         self.monitor = None  # usss_tf.monitoring.RunMonitor, made by setup().
         self.confusions = {}  # domain -> confusion matrix of the latest evaluate().
         self._predictors = {}  # domain -> inference.DomainPredictor, traced once per run.
         self._last_validation = None  # (global step, results) of the latest validation logged.
 
-    # -- run directory --------------------------------------------------------------
-
-    def _prepare_run_dir(self):
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        saved = self.run_dir / "config.yaml"
-        if saved.exists():
-            previous = config_lib.load_config(saved)
-            before = config_lib.flatten(previous.to_dict())
-            after = config_lib.flatten(self.config.to_dict())
-            changed = sorted(
-                k for k in set(before) | set(after)
-                if before.get(k) != after.get(k) and k not in config_lib.WATCH_ONLY_KEYS
-            )
-            if changed:
-                raise ConfigError(
-                    f"{saved}: this run directory was started with a different config "
-                    f"(changed: {', '.join(changed)}); use a new --run-dir"
-                )
-        tmp = self.run_dir / "config.yaml.tmp"
-        config_lib.save_config(self.config, tmp)
-        tmp.replace(saved)
-
-    def _stages_done(self):
-        path = self.run_dir / "stages.json"
-        return json.loads(path.read_text()) if path.exists() else {}
-
-    def _mark_done(self, stage, **info):
-        done = self._stages_done()
-        done[stage] = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
-        _write_json(self.run_dir / "stages.json", done)
-
-    def _checkpoint_dir(self, stage):
-        return self.run_dir / "checkpoints" / stage
-
     # -- setup ----------------------------------------------------------------------
 
     def setup(self):
         cfg = self.config
-        self._prepare_run_dir()
+        prepare_run_dir(cfg, self.run_dir.path)
         keras.utils.set_random_seed(cfg.seed)
         self.inputs = sources.prepare_domains(cfg, echo=self.echo)
         pipeline.write_manifest(
-            self.run_dir / "manifest.json", {i.domain.name: i.manifest_entry() for i in self.inputs}
+            self.run_dir / run_dir_lib.MANIFEST, {i.domain.name: i.manifest_entry() for i in self.inputs}
         )
         self.strategy = make_strategy(self.devices)
         with self.strategy.scope():
             self.model = UniversalSegmenter.from_experiment(cfg)
             self.model.build()
-        _write_json(self.run_dir / "run.json", {
+        self.run_dir.write_json(run_dir_lib.RUN_INFO, {
             "seed": cfg.seed,
             "method": cfg.method,
             "devices": list(self.strategy.extended.worker_devices),
             "replicas": self.strategy.num_replicas_in_sync,
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-            "python": platform.python_version(),
+            **_versions(),
             "parameters": int(self.model.count_params()),
         })
-        self.train_writer = tf.summary.create_file_writer(str(self.run_dir / "tensorboard" / "train"))
-        self.val_writer = tf.summary.create_file_writer(str(self.run_dir / "tensorboard" / "validation"))
+        logs = self.run_dir.tensorboard
+        self.train_writer = tf.summary.create_file_writer(str(logs / "train"))
+        self.val_writer = tf.summary.create_file_writer(str(logs / "validation"))
+        self.trainer = StageTrainer(self.model, self.strategy, self.run_dir, cfg.train,
+                                    self.train_writer, echo=self.echo)
         self.monitor = RunMonitor(
-            self.run_dir / "tensorboard", self.inputs, cfg, self.val_writer,
-            has_centroids=lambda: "centroids" in self._stages_done(),
+            logs, self.inputs, cfg, self.val_writer,
+            has_centroids=self.run_dir.has_label_centroids,
             predictors=self._predictors,
         )
         self.monitor.write_hparams()
@@ -182,175 +122,97 @@ class Experiment:
     # -- stages ---------------------------------------------------------------------
 
     def run(self):
-        """Runs (or resumes) every stage; returns the final figures per domain."""
-        if self.config.method == "supervised":
-            return self._run_supervised()
+        """Runs (or resumes) every stage of the plan; returns the final figures per domain."""
         if self.model is None:
             self.setup()
         cfg = self.config
-        done = self._stages_done()
         self.echo(
-            f"run {self.run_dir}: method {cfg.method}, domains "
+            f"run {self.run_dir.path}: method {cfg.method}, domains "
             f"{', '.join(f'{i.domain.name} ({len(i.labeled)} labelled, {len(i.unlabeled)} unlabelled)' for i in self.inputs)}, "
             f"{self.strategy.num_replicas_in_sync} replica(s), {self.model.count_params():,} parameters"
         )
-        previous = None
-        if cfg.method == "finetune":
-            source, targets = self.inputs[:1], self.inputs[1:]
-            previous = self._train_stage("source", cfg.train.pretrain_steps, 0, previous, done, source)
-            previous = self._train_stage(
-                "target", cfg.train.steps, cfg.train.pretrain_steps, previous, done, targets
-            )
-        else:
-            previous = self._train_stage("pretrain", cfg.train.pretrain_steps, 0, previous, done)
-            if cfg.method == "univ_full":
-                previous = self._centroid_stage(previous, done)
-            previous = self._train_stage(
-                "universal", cfg.train.steps, cfg.train.pretrain_steps, previous, done
-            )
-        self._restore_model(previous)
-        final_step = cfg.train.pretrain_steps + cfg.train.steps
-        if self._last_validation is not None and self._last_validation[0] == final_step:
+        previous, offset = None, 0
+        for stage in method.plan(cfg.method):
+            if stage.fits_centroids:
+                previous = self._centroid_stage(stage, previous, offset)
+            else:
+                steps = stage.steps(cfg.train)
+                previous = self._train_stage(stage, steps, offset, previous)
+                offset += steps
+        self.trainer.restore_weights(previous)
+        if self._last_validation is not None and self._last_validation[0] == offset:
             results = self._last_validation[1]  # The last stage ended on a validation: no repeat.
         else:
             results = self.evaluate()
-            self._log_validation(results, final_step)
-        _write_json(self.run_dir / "metrics.json", results)
+            self._log_validation(results, offset)
+        self.run_dir.write_json(run_dir_lib.METRICS, results)
         return results
 
-    def _run_supervised(self):
-        """One single-domain run per domain, each in ``supervised/<domain>/``."""
-        self._prepare_run_dir()
-        cfg = self.config
-        _write_json(self.run_dir / "run.json", {
-            "seed": cfg.seed,
-            "method": cfg.method,
-            "runs": {d.name: f"supervised/{d.name}" for d in cfg.domains},
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-            "python": platform.python_version(),
-        })
-        done = self._stages_done()
-        results = {}
-        for domain in cfg.domains:
-            sub_dir = self.run_dir / "supervised" / domain.name
-            if f"supervised/{domain.name}" in done and (sub_dir / "metrics.json").exists():
-                self.echo(f"[supervised] {domain.name}: already finished, skipping")
-                results.update(json.loads((sub_dir / "metrics.json").read_text()))
-                continue
-            sub_config = dataclasses.replace(
-                cfg,
-                name=f"{cfg.name}-{domain.name}",
-                method="univ_basic",
-                domains=[domain],
-                train=dataclasses.replace(
-                    cfg.train, pretrain_steps=cfg.train.pretrain_steps + cfg.train.steps, steps=0
-                ),
-            )
-            self.echo(f"[supervised] {domain.name}: an independent model, labelled data only")
-            sub = Experiment(sub_config, sub_dir, self.devices, self.echo)
-            results.update(sub.run())
-            keras.utils.clear_session()  # The next domain's model starts from a clean slate.
-            self._mark_done(f"supervised/{domain.name}", miou=results[domain.name]["miou"])
-        _write_json(self.run_dir / "metrics.json", results)
-        return results
-
-    def _restore_model(self, checkpoint_path):
-        if checkpoint_path:
-            tf.train.Checkpoint(model=self.model).restore(checkpoint_path).expect_partial()
-
-    def _train_stage(self, stage, steps, offset, previous, done, inputs=None):
-        """Trains ``stage`` for ``steps`` steps on ``inputs`` (default all domains), resuming."""
-        inputs = inputs or self.inputs
-        directory = self._checkpoint_dir(stage)
-        if stage in done:
-            self.echo(f"[{stage}] already finished, skipping")
-            return tf.train.latest_checkpoint(str(directory)) or previous
+    def _train_stage(self, stage, steps, offset, previous):
+        """Trains ``stage`` for ``steps`` steps (resuming); returns its latest checkpoint."""
+        if stage.name in self.run_dir.stages_done():
+            self.echo(f"[{stage.name}] already finished, skipping")
+            return self.run_dir.latest_checkpoint(stage.name) or previous
         if steps == 0:
-            self._mark_done(stage, steps=0)
+            self.run_dir.mark_done(stage.name, steps=0)
             return previous
         cfg = self.config
-        # Restore before compiling: the model tracks its optimizer, and the
-        # previous stage's optimizer state must not leak into this one.
-        self._restore_model(previous)
-        with self.strategy.scope():
-            optimizer = _make_optimizer(cfg.train, steps)
-            self.model.compile(optimizer=optimizer, loss_weights=_stage_loss_weights(cfg, stage))
-            # model.optimizer, not optimizer: under mixed_float16 compile wraps it
-            # in a LossScaleOptimizer, whose loss scale is checkpointed too.
-            self.model.optimizer.build(self.model.trainable_variables)
-        checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer)
-        manager = tf.train.CheckpointManager(checkpoint, str(directory), max_to_keep=2)
-        if manager.latest_checkpoint:
-            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-            self.echo(f"[{stage}] resuming from step {int(optimizer.iterations.numpy())}")
-        step = int(optimizer.iterations.numpy())
+        inputs = stage.select(self.inputs)
+        # Restore before compiling: the previous stage's optimizer state must not leak.
+        self.trainer.restore_weights(previous)
+        objective = method.Objective(method.loss_weights(cfg.loss, stage),
+                                     num_domains=len(self.model.domains))
+        with_unlabeled = objective.uses_unlabeled
+        images_per_step = len(inputs) * (
+            cfg.data.batch_size + (cfg.data.unlabeled_batch_size if with_unlabeled else 0))
 
-        with_unlabeled = self.model.loss_weights_["within_entropy"] > 0 or \
-            self.model.loss_weights_["cross_entropy"] > 0
-        images_per_step = sum(
-            cfg.data.batch_size + (cfg.data.unlabeled_batch_size if with_unlabeled else 0)
-            for _ in inputs
-        )
-        logger = TrainingLogger(
-            self.train_writer, stage, offset, cfg.train.log_every, images_per_step, steps,
-            verbose=cfg.train.verbose,
-        )
-        logger.progbar and logger.progbar.update(step)
-        if step < steps:
-            dataset = pipeline.train_dataset(
-                inputs, cfg.data, cfg.seed, step, steps - step, with_unlabeled=with_unlabeled
-            )
-            boundaries = _StageBoundaries(self, stage, steps, offset, manager)
-            self._fit(dataset, steps - step, [logger, boundaries])
-        self._mark_done(stage, steps=steps, loss=logger.last_logs.get("loss"))
-        return manager.latest_checkpoint
+        def batches(first_step, num_steps):
+            return pipeline.train_dataset(inputs, cfg.data, cfg.seed, first_step, num_steps,
+                                          with_unlabeled=with_unlabeled)
 
-    def _on_boundary(self, stage, step, steps, offset, manager):
-        """Checkpoint, centroid refresh and validation at step ``step`` of ``stage``."""
-        cfg = self.config
-        if step % cfg.train.checkpoint_every == 0 or step == steps:
-            manager.save(checkpoint_number=step)
-        refresh = cfg.centroids.refresh_every
-        if stage == "universal" and cfg.method == "univ_full" and refresh and \
-                step % refresh == 0 and step < steps:
-            self._fit_centroids(refit_projection=False)
-            manager.save(checkpoint_number=step)
-        every = cfg.train.eval_every or cfg.train.checkpoint_every
-        if step % every == 0 or step == steps:
-            results = self.evaluate()
-            self._log_validation(results, offset + step)
-            if shows_progress(cfg.train.verbose):
-                print()  # End the progress bar's line.
-            self.echo(f"[{stage}] step {step}/{steps}: " + ", ".join(
-                f"mIoU {d} {r['miou']:.3f}" for d, r in results.items()
-            ))
-        self.monitor.on_step(self.model, step, offset + step)
-
-    def _fit(self, dataset, num_steps, callbacks):
         try:
-            self.model.fit(
-                dataset, steps_per_epoch=num_steps, epochs=1, verbose=0, callbacks=callbacks,
-                shuffle=False,
+            latest = self.trainer.train(
+                stage.name, steps, offset, batches, objective,
+                on_step=lambda step, save: self._on_step(stage, step, steps, offset, save),
+                images_per_step=images_per_step,
             )
         except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.DataLossError) as error:
             diagnosis = sources.diagnose_unreadable(self.inputs)
             if diagnosis is not None:
                 raise diagnosis from error
             raise
+        self.run_dir.mark_done(stage.name, steps=steps, loss=self.trainer.last_logs.get("loss"))
+        return latest
 
-    def _centroid_datasets(self):
-        return {
-            i.domain.name: pipeline.eval_dataset(
-                i.domain, i.labeled, self.config.data.eval_batch_size
-            )
-            for i in self.inputs
-        }
+    def _on_step(self, stage, step, steps, offset, save):
+        """Checkpoint, centroid refresh and validation at step ``step`` of ``stage``."""
+        cfg = self.config
+        if step % cfg.train.checkpoint_every == 0 or step == steps:
+            save()
+        refresh = cfg.centroids.refresh_every
+        if stage.all_losses and method.has_label_centroids(cfg.method) and refresh and \
+                step % refresh == 0 and step < steps:
+            self._fit_centroids(refit_projection=False)
+            save()
+        every = cfg.train.eval_every or cfg.train.checkpoint_every
+        if step % every == 0 or step == steps:
+            results = self.evaluate()
+            self._log_validation(results, offset + step)
+            if shows_progress(cfg.train.verbose):
+                print()  # End the progress bar's line.
+            self.echo(f"[{stage.name}] step {step}/{steps}: " + ", ".join(
+                f"mIoU {d} {r['miou']:.3f}" for d, r in results.items()
+            ))
+        self.monitor.on_step(self.model, step, offset + step)
 
     def _fit_centroids(self, refit_projection=True):
         cfg = self.config
+        datasets = {
+            i.domain.name: pipeline.eval_dataset(i.domain, i.labeled, cfg.data.eval_batch_size)
+            for i in self.inputs
+        }
         report = centroid_stage.initialize_entropy_module(
-            self.model, self._centroid_datasets(), cfg.centroids.pixels_per_class, cfg.seed,
+            self.model, datasets, cfg.centroids.pixels_per_class, cfg.seed,
             fit_projection_too=refit_projection,
         )
         for domain, info in report.items():
@@ -360,20 +222,20 @@ class Experiment:
                           "those classes keep random centroids")
         return report
 
-    def _centroid_stage(self, previous, done):
-        directory = self._checkpoint_dir("centroids")
-        if "centroids" in done:
-            self.echo("[centroids] already finished, skipping")
-            return tf.train.latest_checkpoint(str(directory))
-        self._restore_model(previous)
+    def _centroid_stage(self, stage, previous, global_step):
+        if stage.name in self.run_dir.stages_done():
+            self.echo(f"[{stage.name}] already finished, skipping")
+            return self.run_dir.latest_checkpoint(stage.name)
+        self.trainer.restore_weights(previous)
         started = time.perf_counter()
         report = self._fit_centroids(refit_projection=True)
-        _write_json(self.run_dir / "centroids.json", report)
-        self.monitor.write_projector(self.model, self.config.train.pretrain_steps)
-        manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=self.model), str(directory), 1)
+        self.run_dir.write_json(run_dir_lib.CENTROIDS_REPORT, report)
+        manager = tf.train.CheckpointManager(
+            tf.train.Checkpoint(model=self.model), str(self.run_dir.checkpoints(stage.name)), 1)
         path = manager.save(checkpoint_number=0)
-        self._mark_done("centroids", seconds=round(time.perf_counter() - started, 2))
-        self.echo(f"[centroids] fitted {self.model.centroids_per_class} centroids per class "
+        self.run_dir.mark_done(stage.name, seconds=round(time.perf_counter() - started, 2))
+        self.monitor.write_projector(self.model, global_step)
+        self.echo(f"[{stage.name}] fitted {self.model.centroids_per_class} centroids per class "
                   f"in {time.perf_counter() - started:.1f}s")
         return path
 
@@ -413,24 +275,42 @@ class Experiment:
         self.monitor.on_validation(self.model, results, self.confusions, global_step)
 
 
-class _StageBoundaries(keras.callbacks.Callback):
-    """Calls back into the experiment after every step that ends an interval."""
+def run_supervised(config, run_dir, devices=None, echo=print):
+    """One independent single-domain run per domain, in ``supervised/<domain>/``.
 
-    def __init__(self, experiment, stage, steps, offset, manager):
-        super().__init__()
-        self.args = (experiment, stage, steps, offset, manager)
-
-    def on_train_begin(self, logs=None):
-        self.first_step = int(self.model.optimizer.iterations.numpy())
-
-    def on_train_batch_end(self, batch, logs=None):
-        # The step is derived, not read from the optimizer: no per-step host sync.
-        experiment, stage, steps, offset, manager = self.args
-        experiment._on_boundary(stage, self.first_step + batch + 1, steps, offset, manager)
+    Each is a ``univ_basic`` run of that domain alone for ``pretrain_steps +
+    steps`` steps (``method.supervised_domain_config``); the figures are
+    gathered in ``run_dir``.
+    """
+    parent = prepare_run_dir(config, run_dir)
+    parent.write_json(run_dir_lib.RUN_INFO, {
+        "seed": config.seed,
+        "method": config.method,
+        "runs": {d.name: f"{run_dir_lib.SUPERVISED}/{d.name}" for d in config.domains},
+        **_versions(),
+    })
+    done = parent.stages_done()
+    results = {}
+    for domain in config.domains:
+        child = parent.supervised(domain.name)
+        key = f"{run_dir_lib.SUPERVISED}/{domain.name}"
+        if key in done and child.finished():
+            echo(f"[supervised] {domain.name}: already finished, skipping")
+            results.update(child.read_json(run_dir_lib.METRICS))
+            continue
+        echo(f"[supervised] {domain.name}: an independent model, labelled data only")
+        sub_config = method.supervised_domain_config(config, domain)
+        results.update(Experiment(sub_config, child.path, devices, echo).run())
+        keras.utils.clear_session()  # The next domain's model starts from a clean slate.
+        parent.mark_done(key, miou=results[domain.name]["miou"])
+    parent.write_json(run_dir_lib.METRICS, results)
+    return results
 
 
 def run_experiment(config, run_dir, devices=None, echo=print):
     """Library entry point: runs ``config`` in ``run_dir``; returns figures per domain."""
+    if config.method == "supervised":
+        return run_supervised(config, run_dir, devices=devices, echo=echo)
     return Experiment(config, run_dir, devices=devices, echo=echo).run()
 
 

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from usss_tf.method import Objective
 from usss_tf.model.backbones import build_backbone
 from usss_tf.model.segmenter import UniversalSegmenter
 
@@ -76,7 +77,8 @@ def test_full_train_step_reports_every_term_and_lowers_the_loss():
     keras.utils.set_random_seed(0)
     model = _model()
     weights = {"supervised": 1, "within_entropy": 0.1, "cross_entropy": 0.1, "embedding_supervision": 1}
-    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss_weights=weights)
+    model.objective = Objective(weights, num_domains=len(model.domains))
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
     batch = _batch(np.random.default_rng(0), DOMAINS)
     step = tf.function(model.train_step)
     first = step(batch)
@@ -93,7 +95,8 @@ def test_full_train_step_reports_every_term_and_lowers_the_loss():
 
 def test_supervised_only_step_skips_the_embedding_branch():
     model = _model()
-    model.compile(optimizer="sgd", loss_weights={"supervised": 1})
+    model.objective = Objective({"supervised": 1}, num_domains=len(model.domains))
+    model.compile(optimizer="sgd")
     logs = model.train_step(_batch(np.random.default_rng(1), DOMAINS))
     assert sorted(logs) == ["learning_rate", "loss", "supervised/a", "supervised/b"]
 
@@ -101,7 +104,8 @@ def test_supervised_only_step_skips_the_embedding_branch():
 def test_single_domain_model_has_no_cross_domain_term():
     model = UniversalSegmenter({"only": 4}, width=0.25, embedding_dim=8)
     model.build()
-    model.compile(optimizer="sgd", loss_weights={"cross_entropy": 1, "within_entropy": 1})
+    model.objective = Objective({"cross_entropy": 1, "within_entropy": 1}, num_domains=len(model.domains))
+    model.compile(optimizer="sgd")
     logs = model.train_step(_batch(np.random.default_rng(2), {"only": 4}))
     assert "within_entropy/only" in logs and "cross_entropy/only" not in logs
 

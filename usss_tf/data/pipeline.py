@@ -18,6 +18,7 @@ import tensorflow as tf
 from usss_tf.domains import IGNORE_LABEL
 from usss_tf.errors import ConfigError, DatasetError
 from usss_tf.model.preprocessing import scaled_size
+from usss_tf.run_dir import write_json_atomic
 
 AUTOTUNE = tf.data.AUTOTUNE
 LABELED_STREAM, UNLABELED_STREAM = 1, 2
@@ -71,9 +72,7 @@ def write_manifest(path, entries):
                 f"(domains: {', '.join(changed)}); the data or seed changed, use a new run directory"
             )
         return
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(entries, indent=2))
-    tmp.replace(path)
+    write_json_atomic(path, entries)
 
 
 # -- decoding -----------------------------------------------------------------------

@@ -1,17 +1,13 @@
 """``UniversalSegmenter``: one shared encoder, a decoder per domain, an entropy module.
 
-``call`` returns a dict of class logits keyed by domain, at the input size.
-``train_step`` implements one optimizer step of the method on a batch holding,
-for every domain, a labelled batch and an unlabelled batch:
-
-* supervised: masked cross-entropy of each decoder on its labelled pixels;
-* within-domain entropy (beta): H(p_d) on unlabelled pixels of domain d;
-* cross-domain entropy (alpha): mean over d' != d of H(p_d') on the same pixels;
-* embedding supervision: cross-entropy of p_d against the labels, which keeps
-  the embedding from collapsing onto one centroid.
-
-p_d is the softmax over domain d's classes of the similarity between a pixel's
-embedding and the label centroids (``LabelCentroids``).
+The model is the architecture: ``encode``, ``decode``, ``embed`` and
+``similarity_logits`` (p_d is the softmax over domain d's classes of the
+similarity between a pixel's embedding and d's label centroids,
+``LabelCentroids``). ``call`` returns a dict of class logits keyed by domain,
+at the input size. ``train_step`` takes one optimizer step on the loss its
+``objective`` composes (``usss_tf.method.Objective``: which terms, which
+weights, per stage), on a batch holding, for every domain, a labelled batch
+and an unlabelled batch.
 
 Inference has one path: ``domain_logits`` (images of one domain at any size
 -> that domain's class logits at a requested size), with ``segment`` (class
@@ -25,12 +21,10 @@ these methods and nothing else.
 import keras
 import tensorflow as tf
 
-from usss_tf import losses
+from usss_tf.method import Objective
 from usss_tf.model.backbones import build_backbone
 from usss_tf.model.heads import DomainDecoder, EmbeddingHead, LabelCentroids
 from usss_tf.model.preprocessing import DomainPreprocessor
-
-LOSS_TERMS = ("supervised", "within_entropy", "cross_entropy", "embedding_supervision")
 
 
 @keras.saving.register_keras_serializable("usss_tf")
@@ -106,8 +100,8 @@ class UniversalSegmenter(keras.Model):
                 f"preprocessor_{name}",
                 DomainPreprocessor(self.scales[name], name=f"preprocessor_{name}"),
             )
-        self.loss_weights_ = dict.fromkeys(LOSS_TERMS, 0.0)
-        self.loss_weights_["supervised"] = 1.0
+        # What train_step optimises; the trainer sets each stage's (usss_tf.method).
+        self.objective = Objective()
 
     # -- building blocks -------------------------------------------------------------
 
@@ -218,83 +212,20 @@ class UniversalSegmenter(keras.Model):
 
     # -- training --------------------------------------------------------------------
 
-    def compile(self, optimizer="adamw", loss_weights=None, **kwargs):
-        """Sets the optimizer and the weight of each loss term (``LOSS_TERMS``)."""
-        weights = dict.fromkeys(LOSS_TERMS, 0.0)
-        weights["supervised"] = 1.0
-        for key, value in (loss_weights or {}).items():
-            if key not in weights:
-                raise ValueError(f"unknown loss term {key!r}; expected one of {LOSS_TERMS}")
-            weights[key] = float(value)
-        if len(self.domains) < 2:
-            weights["cross_entropy"] = 0.0
-        self.loss_weights_ = weights
+    def compile(self, optimizer="adamw", **kwargs):
         kwargs.setdefault("jit_compile", False)  # XLA: no CPU gain, fails under MirroredStrategy.
         super().compile(optimizer=optimizer, **kwargs)
 
-    def compute_loss_terms(self, batch, training=True):
-        """Every weighted loss term for one batch, as a dict ``{term/domain: scalar}``.
-
-        ``batch`` maps each domain to ``{"images", "labels"}`` and, when the
-        entropy terms are on, ``"unlabeled"`` images of the same size. All images
-        go through the encoder in one pass.
-        """
-        names = [d for d in self.domains if d in batch]
-        w = self.loss_weights_
-        use_unlabeled = w["within_entropy"] > 0 or w["cross_entropy"] > 0
-        use_embedding = use_unlabeled or w["embedding_supervision"] > 0
-
-        # The pipeline's augmentation already resized by the domain's scale
-        # (with the masks); what is left of the domain's preprocessing is normalisation.
-        chunks = []
-        for d in names:
-            normalize = self.preprocessor(d).normalize
-            chunks.append(normalize(batch[d]["images"]))
-            if use_unlabeled and "unlabeled" in batch[d]:
-                chunks.append(normalize(batch[d]["unlabeled"]))
-        images = tf.concat(chunks, axis=0)
-        sizes = [tf.shape(c)[0] for c in chunks]
-        features = tf.split(self.encode(images, training=training), sizes, axis=0)
-        embeddings = tf.split(self.embed(tf.concat(features, 0)), sizes, 0) if use_embedding else None
-
-        terms = {}
-        index = 0
-        for d in names:
-            labels = batch[d]["labels"]
-            label_size = tf.shape(labels)[1:3]
-            labelled_index = index
-            index += 1
-            if w["supervised"] > 0:
-                logits = self.decode(features[labelled_index], d, label_size)
-                terms[f"supervised/{d}"] = losses.masked_cross_entropy(labels, logits)
-            if w["embedding_supervision"] > 0:
-                sim = self.similarity_logits(embeddings[labelled_index], d)
-                sim = tf.image.resize(sim, label_size, method="bilinear")
-                terms[f"embedding_supervision/{d}"] = losses.masked_cross_entropy(labels, sim)
-            if use_unlabeled and "unlabeled" in batch[d]:
-                unlabeled = embeddings[index]
-                index += 1
-                if w["within_entropy"] > 0:
-                    terms[f"within_entropy/{d}"] = losses.entropy(
-                        self.similarity_logits(unlabeled, d)
-                    )
-                others = [o for o in self.domains if o != d]
-                if w["cross_entropy"] > 0 and others:
-                    terms[f"cross_entropy/{d}"] = tf.add_n(
-                        [losses.entropy(self.similarity_logits(unlabeled, o)) for o in others]
-                    ) / float(len(others))
-        return terms
-
-    def total_loss(self, terms):
-        return tf.add_n(
-            [self.loss_weights_[key.split("/")[0]] * value for key, value in terms.items()]
-        )
-
     def train_step(self, data):
+        """One optimizer step on the loss of ``self.objective`` (a ``method.Objective``).
+
+        The objective is set before ``compile`` (the trainer does, per stage):
+        its weights are traced into the step.
+        """
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
-            terms = self.compute_loss_terms(data, training=True)
-            loss = self.total_loss(terms)
+            terms = self.objective.terms(self, data, training=True)
+            loss = self.objective.total(terms)
             # Gradients are summed over replicas; dividing gives the global mean.
             # Under mixed_float16 the optimizer is a LossScaleOptimizer: it scales
             # the loss here and unscales the gradients in `apply`.

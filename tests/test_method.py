@@ -1,0 +1,75 @@
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from usss_tf import config as config_lib
+from usss_tf import method
+from usss_tf.method import Objective
+from usss_tf.model.segmenter import UniversalSegmenter
+
+
+def test_every_method_but_supervised_has_a_plan():
+    assert set(method.PLANS) | {"supervised"} == set(method.METHODS) == set(config_lib.METHODS)
+    assert [s.name for s in method.plan("univ_full")] == ["pretrain", "centroids", "universal"]
+    assert [s.name for s in method.plan("univ_basic")] == ["pretrain", "universal"]
+    assert [s.name for s in method.plan("finetune")] == ["source", "target"]
+    assert [s.name for s in method.final_stages("univ_full")] == ["universal", "centroids", "pretrain"]
+    assert method.has_label_centroids("univ_full")
+    assert not any(method.has_label_centroids(m) for m in ("univ_basic", "finetune", "supervised"))
+
+
+def test_stages_pick_their_steps_domains_and_losses():
+    train = config_lib.TrainConfig(pretrain_steps=7, steps=11)
+    loss = config_lib.LossConfig(supervised=1.0, within_entropy=0.2, cross_entropy=0.3,
+                                 embedding_supervision=0.5)
+    pretrain, centroids, universal = method.plan("univ_full")
+    assert (pretrain.steps(train), centroids.steps(train), universal.steps(train)) == (7, 0, 11)
+    assert method.loss_weights(loss, pretrain) == {"supervised": 1.0}
+    assert method.loss_weights(loss, universal) == dataclasses.asdict(loss)
+    source, target = method.plan("finetune")
+    assert source.select(["a", "b", "c"]) == ["a"] and target.select(["a", "b", "c"]) == ["b", "c"]
+    assert method.loss_weights(loss, target) == {"supervised": 1.0}
+
+
+def test_supervised_runs_are_one_domain_univ_basic_runs_of_all_the_steps():
+    config = config_lib.config_from_dict({
+        "name": "x", "method": "supervised",
+        "domains": [{"name": "synth_city", "root": "a"}, {"name": "synth_camvid", "root": "b"}],
+        "train": {"pretrain_steps": 5, "steps": 6},
+    })
+    sub = method.supervised_domain_config(config, config.domains[1])
+    assert (sub.method, sub.name, sub.domain_names) == ("univ_basic", "x-synth_camvid", ["synth_camvid"])
+    assert (sub.train.pretrain_steps, sub.train.steps) == (11, 0)
+
+
+def test_objective_weights():
+    with pytest.raises(ValueError, match="unknown loss term 'entropy'"):
+        Objective({"entropy": 1})
+    assert Objective().weights == {"supervised": 1.0, "within_entropy": 0.0, "cross_entropy": 0.0,
+                                   "embedding_supervision": 0.0}
+    single = Objective({"cross_entropy": 1.0}, num_domains=1)
+    assert single.weights["cross_entropy"] == 0.0 and not single.uses_unlabeled
+    full = Objective({"within_entropy": 0.1}, num_domains=2)
+    assert full.uses_unlabeled and full.uses_embedding
+
+
+def test_objective_terms_and_their_weighted_total():
+    model = UniversalSegmenter({"a": 3, "b": 4}, width=0.125, embedding_dim=8, centroids_per_class=2)
+    model.build()
+    rng = np.random.default_rng(0)
+    batch = {
+        d: {"images": tf.constant(rng.uniform(0, 255, (2, 16, 32, 3)), tf.float32),
+            "labels": tf.constant(rng.integers(0, c, (2, 16, 32)), tf.int32),
+            "unlabeled": tf.constant(rng.uniform(0, 255, (2, 16, 32, 3)), tf.float32)}
+        for d, c in model.domains.items()
+    }
+    weights = {"supervised": 1.0, "within_entropy": 0.1, "cross_entropy": 0.2, "embedding_supervision": 0.5}
+    objective = Objective(weights, num_domains=2)
+    terms = objective.terms(model, batch, training=False)
+    assert sorted(terms) == sorted(f"{t}/{d}" for t in weights for d in ("a", "b"))
+    expected = sum(weights[k.split("/")[0]] * float(v) for k, v in terms.items())
+    assert float(objective.total(terms)) == pytest.approx(expected, rel=1e-6)
+    # Entropies of a softmax over C classes lie in [0, log C].
+    assert 0.0 <= float(terms["within_entropy/b"]) <= np.log(4) + 1e-6

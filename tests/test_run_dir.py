@@ -1,0 +1,51 @@
+import json
+
+import pytest
+
+from usss_tf import method
+from usss_tf import run_dir as run_dir_lib
+from usss_tf.run_dir import RunDir, staged_folder, write_json_atomic
+
+
+def test_json_is_written_whole_and_leaves_no_temporary_file(tmp_path):
+    path = tmp_path / "figures.json"
+    write_json_atomic(path, {"miou": 0.5})
+    write_json_atomic(path, {"miou": 0.75})
+    assert json.loads(path.read_text()) == {"miou": 0.75}
+    assert [p.name for p in tmp_path.iterdir()] == ["figures.json"]
+
+
+def test_staged_folder_appears_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "models" / "1"
+    with staged_folder(target) as staging:
+        assert not staging.exists() and staging.name.startswith(".tmp-1-")
+        staging.mkdir()
+        (staging / "saved_model.pb").write_text("x")
+        assert not target.exists()
+    assert (target / "saved_model.pb").read_text() == "x"
+
+    failed = tmp_path / "models" / "2"
+    with pytest.raises(RuntimeError, match="disk full"):
+        with staged_folder(failed) as staging:
+            staging.mkdir()
+            raise RuntimeError("disk full")
+    with pytest.raises(FileExistsError):
+        with staged_folder(target) as staging:
+            staging.mkdir()
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["1"]
+
+
+def test_stage_state_and_the_one_answer_to_has_centroids(tmp_path):
+    run = RunDir(tmp_path / "run").create()
+    assert run.stages_done() == {} and not run.finished() and not run.has_label_centroids()
+    run.mark_done(method.PRETRAIN, steps=3)
+    run.mark_done(method.CENTROIDS, seconds=0.5)
+    assert list(run.stages_done()) == ["pretrain", "centroids"]
+    assert run.stages_done()["pretrain"]["steps"] == 3
+    assert run.has_label_centroids()
+    assert not run.finished()
+    run.write_json(run_dir_lib.METRICS, {"a": {"miou": 0.1}})
+    assert run.finished()
+    assert run.checkpoints("universal") == tmp_path / "run" / "checkpoints" / "universal"
+    assert run.supervised("synth_city").path == tmp_path / "run" / "supervised" / "synth_city"
+    assert run.latest_checkpoint("universal") is None

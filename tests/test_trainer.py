@@ -1,0 +1,90 @@
+"""The trainer, in process: a stage stopped after a checkpoint resumes to the uninterrupted result."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from usss_tf import config as config_lib
+from usss_tf import precision
+from usss_tf.method import Objective
+from usss_tf.model.segmenter import UniversalSegmenter
+from usss_tf.run_dir import RunDir
+from usss_tf.trainer import StageTrainer, make_optimizer
+
+DOMAINS = {"a": 3, "b": 4}
+TRAIN = config_lib.TrainConfig(pretrain_steps=4, steps=0, optimizer="sgd", learning_rate=0.05,
+                               log_every=1, verbose=0)
+
+
+def batches(first_step, num_steps):
+    """Step ``i``'s batch is a pure function of ``i`` (as the real pipeline's are)."""
+
+    def batch(i):
+        seed = tf.stack([tf.cast(i, tf.int32), 7])
+        out = {}
+        for k, (name, classes) in enumerate(DOMAINS.items()):
+            images = tf.random.stateless_uniform([2, 16, 32, 3], seed + k, 0, 255)
+            labels = tf.random.stateless_uniform([2, 16, 32], seed + 10 + k, 0, classes, tf.int32)
+            out[name] = {"images": images, "labels": labels}
+        return out
+
+    return tf.data.Dataset.range(first_step, first_step + num_steps).map(batch)
+
+
+class Stop(Exception):
+    pass
+
+
+def train(run_dir, stop_after=None, policy="float32"):
+    """Trains stage ``s`` (4 steps, a checkpoint every 2); raises ``Stop`` after ``stop_after``."""
+    keras.utils.set_random_seed(0)
+    with precision.dtype_policy(policy):
+        model = UniversalSegmenter(DOMAINS, width=0.125, embedding_dim=8, centroids_per_class=2)
+    model.build()
+    writer = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
+    trainer = StageTrainer(model, tf.distribute.get_strategy(), RunDir(run_dir), TRAIN, writer,
+                           echo=lambda *_: None)
+    seen = []
+
+    def on_step(step, save):
+        seen.append(step)
+        if step % 2 == 0:
+            save()
+        if step == stop_after:
+            raise Stop
+
+    try:
+        trainer.train("s", 4, 0, batches, Objective(), on_step, images_per_step=4)
+    except Stop:
+        pass
+    return model, seen
+
+
+def test_a_stopped_stage_resumes_where_its_checkpoint_left_it(tmp_path):
+    full, seen = train(tmp_path / "full")
+    assert seen == [1, 2, 3, 4]
+    _, seen = train(tmp_path / "stopped", stop_after=3)  # Killed after step 3; checkpoint at 2.
+    assert seen == [1, 2, 3]
+    resumed, seen = train(tmp_path / "stopped")
+    assert seen == [3, 4]  # Step 3 is done again: it was never checkpointed.
+    for a, b in zip(full.get_weights(), resumed.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_make_optimizer_reads_the_config():
+    sgd = make_optimizer(TRAIN, 10)
+    assert isinstance(sgd, keras.optimizers.SGD) and float(sgd.momentum) == pytest.approx(0.9)
+    adamw = make_optimizer(config_lib.TrainConfig(optimizer="adamw", weight_decay=1e-3), 10)
+    assert isinstance(adamw, keras.optimizers.AdamW)
+
+
+@pytest.mark.slow
+def test_a_skipped_mixed_float16_step_still_counts_for_resume(tmp_path):
+    """The loss-scale optimizer skips the updates whose scaled gradients overflow
+    (its initial scale, 2**15, is too high here), so ``optimizer.iterations``
+    lags the batches; the stage's own counter does not."""
+    model, _ = train(tmp_path / "run", stop_after=2, policy="mixed_float16")
+    assert int(model.optimizer.iterations.numpy()) < 2  # At least one of 2 updates skipped.
+    _, seen = train(tmp_path / "run", policy="mixed_float16")
+    assert seen == [3, 4]  # Resumed after batch 2, not replaying it.

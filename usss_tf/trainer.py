@@ -1,0 +1,133 @@
+"""The trainer: runs one training stage of a model, resumably; knows nothing of the method.
+
+``StageTrainer.train`` compiles the model with a fresh optimizer and the
+stage's ``method.Objective``, restores the stage's latest checkpoint if there
+is one, and fits the batches the stage has left, calling ``on_step(step,
+save)`` after every step (the experiment checkpoints, validates and refreshes
+centroids there). One checkpointed counter, advanced per batch, says how far a
+stage got: resume and intervals count batches, also when a mixed_float16 loss
+scale skips an optimizer update (``optimizer.iterations`` does not advance then).
+"""
+
+import keras
+import tensorflow as tf
+
+from usss_tf.callbacks import StepHook, TrainingLogger
+from usss_tf.errors import ConfigError
+
+
+def make_strategy(devices=None):
+    """``MirroredStrategy`` over ``devices`` (names or a count), default all GPUs or the CPU."""
+    if isinstance(devices, int):
+        available = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        if devices > len(available):
+            raise ConfigError(
+                f"--devices {devices}: only {len(available)} device(s) visible: "
+                f"{', '.join(d.name for d in available)}"
+            )
+        devices = [d.name for d in available[:devices]]
+    elif devices:
+        known = {d.name for d in tf.config.list_logical_devices()}
+        for name in devices:
+            full = name if name.startswith("/") else f"/device:{name.upper()}"
+            if full not in known and name not in known:
+                raise ConfigError(f"--devices: unknown device {name!r}; visible: {', '.join(sorted(known))}")
+    else:
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in gpus] or ["/cpu:0"]
+    return tf.distribute.MirroredStrategy(devices)
+
+
+def make_optimizer(train_config, steps):
+    """The stage's optimizer: AdamW or SGD (momentum) with polynomial decay over ``steps``."""
+    schedule = keras.optimizers.schedules.PolynomialDecay(
+        train_config.learning_rate, decay_steps=max(steps, 1),
+        end_learning_rate=train_config.learning_rate * 1e-2, power=train_config.poly_power,
+    )
+    if train_config.optimizer == "sgd":
+        return keras.optimizers.SGD(
+            schedule, momentum=train_config.momentum, weight_decay=train_config.weight_decay or None
+        )
+    return keras.optimizers.AdamW(schedule, weight_decay=train_config.weight_decay)
+
+
+class StageTrainer:
+    """Trains ``model`` one stage at a time under ``strategy``, with checkpoints in a run directory.
+
+    Args:
+      model: a built ``UniversalSegmenter`` (created in ``strategy.scope()``).
+      strategy: a ``tf.distribute`` strategy.
+      run_dir: the ``RunDir`` (checkpoints go to ``checkpoints/<stage>/``).
+      train_config: ``TrainConfig`` (optimizer, intervals, logging).
+      writer: the ``tf.summary`` writer for per-step scalars.
+      echo: ``echo(line)`` for one-line notes.
+    """
+
+    def __init__(self, model, strategy, run_dir, train_config, writer, echo=print):
+        self.model = model
+        self.strategy = strategy
+        self.run_dir = run_dir
+        self.config = train_config
+        self.writer = writer
+        self.echo = echo
+        self.last_logs = {}
+
+    def restore_weights(self, checkpoint_path):
+        """Loads the model's weights (not the optimizer) from a checkpoint path, if any."""
+        if checkpoint_path:
+            tf.train.Checkpoint(model=self.model).restore(checkpoint_path).expect_partial()
+
+    def _restore(self, checkpoint, step, path):
+        """Restores a stage checkpoint; those written before the step counter existed use
+        the optimizer's iterations."""
+        names = {name for name, _ in tf.train.list_variables(path)}
+        if any(name.startswith("step/") for name in names):
+            checkpoint.restore(path).assert_existing_objects_matched()
+        else:
+            tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer).restore(
+                path).assert_existing_objects_matched()
+            step.assign(self.model.optimizer.iterations)
+
+    def train(self, stage, steps, offset, make_dataset, objective, on_step, images_per_step):
+        """Trains (or resumes) ``stage`` for ``steps`` steps; returns its latest checkpoint path.
+
+        Args:
+          stage: the stage's name (its checkpoint folder and TensorBoard prefix).
+          steps: the stage's optimizer steps.
+          offset: the global step of this stage's step 0.
+          make_dataset: ``(first_step, num_steps) -> tf.data.Dataset`` of the stage's batches.
+          objective: the stage's ``method.Objective``.
+          on_step: ``on_step(step, save)`` after every step (1-based, within the
+            stage); ``save()`` writes a checkpoint at that step.
+          images_per_step: images a step consumes, for the images/s scalar.
+        """
+        cfg = self.config
+        self.model.objective = objective
+        with self.strategy.scope():
+            self.model.compile(optimizer=make_optimizer(cfg, steps))
+            # model.optimizer, not the optimizer passed: under mixed_float16 compile
+            # wraps it in a LossScaleOptimizer, whose loss scale is checkpointed too.
+            self.model.optimizer.build(self.model.trainable_variables)
+        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="stage_step")
+        checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer, step=step)
+        manager = tf.train.CheckpointManager(
+            checkpoint, str(self.run_dir.checkpoints(stage)), max_to_keep=2)
+        if manager.latest_checkpoint:
+            self._restore(checkpoint, step, manager.latest_checkpoint)
+            self.echo(f"[{stage}] resuming from step {int(step.numpy())}")
+        start = int(step.numpy())
+        logger = TrainingLogger(
+            self.writer, stage, offset, cfg.log_every, images_per_step, steps, verbose=cfg.verbose,
+            first_step=start,
+        )
+        if start < steps:
+            def after_step(current):
+                step.assign(current)
+                on_step(current, lambda: manager.save(checkpoint_number=current))
+
+            self.model.fit(
+                make_dataset(start, steps - start), steps_per_epoch=steps - start, epochs=1,
+                verbose=0, callbacks=[logger, StepHook(start, after_step)], shuffle=False,
+            )
+        self.last_logs = logger.last_logs
+        return manager.latest_checkpoint
