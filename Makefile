@@ -5,6 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# One pytest-xdist worker per core: the suite is CPU-bound TensorFlow.
+PYTEST_WORKERS ?= auto
 
 .PHONY: demo test test-all install clean
 
@@ -20,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/usss-tf train pipelines/quickstart.yaml --run-dir runs/quickstart
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 clean:
 	rm -rf runs data

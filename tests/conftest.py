@@ -4,6 +4,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import copy
 import pathlib
 
 import numpy as np
@@ -68,6 +69,18 @@ def train_tiny_run(base, **changes):
     run_dir = base / "run"
     train_lib.run_experiment(config, run_dir, echo=lambda *_: None)
     return run_dir
+
+
+@pytest.fixture
+def tiny_run_settings():
+    """A copy of the tiny run's config mapping (no domains), for tests that add their own."""
+    return copy.deepcopy(TINY_RUN)
+
+
+@pytest.fixture
+def train_tiny():
+    """``train_tiny(base, **changes)``: trains a tiny run under ``base``; returns its run dir."""
+    return train_tiny_run
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import train_tiny_run
 from usss_tf import evaluate, export, runs
 from usss_tf.serving import contract
 from usss_tf.config import config_from_dict
@@ -25,8 +24,8 @@ def _weights(run_dir, checkpoint):
     }
 
 
-def test_finetune_trains_the_source_then_only_the_target(tmp_path):
-    run_dir = train_tiny_run(tmp_path, method="finetune")
+def test_finetune_trains_the_source_then_only_the_target(tmp_path, train_tiny):
+    run_dir = train_tiny(tmp_path, method="finetune")
     stages = json.loads((run_dir / "stages.json").read_text())
     assert list(stages) == ["source", "target"]
     source = tf.train.latest_checkpoint(str(run_dir / "checkpoints" / "source"))
@@ -45,8 +44,8 @@ def test_finetune_trains_the_source_then_only_the_target(tmp_path):
     assert signatures == set(contract.signature_names(["synth_city", "synth_camvid"], with_embedding=False))
 
 
-def test_supervised_trains_one_model_per_domain_on_the_same_labelled_draw(tmp_path, tiny_run):
-    run_dir = train_tiny_run(tmp_path, method="supervised")
+def test_supervised_trains_one_model_per_domain_on_the_same_labelled_draw(tmp_path, tiny_run, train_tiny):
+    run_dir = train_tiny(tmp_path, method="supervised")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics) == {"synth_city", "synth_camvid"}
     universal_manifest = json.loads((tiny_run / "manifest.json").read_text())

@@ -6,18 +6,17 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from conftest import TINY_RUN
 from usss_tf import study
 from usss_tf.cli import main
 from usss_tf.data import synthetic
 from usss_tf.errors import ConfigError
 
 
-def _grid(tmp_path, **changes):
+def _grid(tmp_path, settings, **changes):
     roots = synthetic.write_synthetic_domains(
         tmp_path / "data", ("synth_city", "synth_camvid"), num_train=6, num_val=2, size=(32, 64)
     )
-    base = {**TINY_RUN, "domains": [{"name": n, "root": str(r)} for n, r in roots.items()]}
+    base = {**settings, "domains": [{"name": n, "root": str(r)} for n, r in roots.items()]}
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
     grid = {"name": "tiny_study", "base": "base.yaml",
             "set": {"train.pretrain_steps": 2, "train.steps": 0, "train.checkpoint_every": 2},
@@ -34,8 +33,8 @@ def test_summary_is_mean_and_sample_std_over_seeds():
 
 
 @pytest.mark.slow
-def test_study_runs_every_cell_and_resumes(tmp_path):
-    path = _grid(tmp_path)
+def test_study_runs_every_cell_and_resumes(tmp_path, tiny_run_settings):
+    path = _grid(tmp_path, tiny_run_settings)
     out = tmp_path / "study"
     result = CliRunner().invoke(main, ["study", str(path), "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -53,12 +52,12 @@ def test_study_runs_every_cell_and_resumes(tmp_path):
     assert again.exit_code == 0 and again.output.count("done, skipping") == 2
 
 
-def test_grid_errors_name_the_file_and_key(tmp_path):
+def test_grid_errors_name_the_file_and_key(tmp_path, tiny_run_settings):
     with pytest.raises(ConfigError, match="grid.yaml.*'methods'.*'magic'"):
-        study.load_grid(_grid(tmp_path, methods=["magic"]))
+        study.load_grid(_grid(tmp_path, tiny_run_settings, methods=["magic"]))
     with pytest.raises(ConfigError, match="grid.yaml.*'seeds'"):
-        study.load_grid(_grid(tmp_path, seeds=["one"]))
+        study.load_grid(_grid(tmp_path, tiny_run_settings, seeds=["one"]))
     with pytest.raises(ConfigError, match="unknown key.*colour"):
-        study.load_grid(_grid(tmp_path, colour="red"))
+        study.load_grid(_grid(tmp_path, tiny_run_settings, colour="red"))
     with pytest.raises(ConfigError, match="tiny_study.*train.nonsense"):
-        study.load_grid(_grid(tmp_path, set={"train.nonsense": 1}))
+        study.load_grid(_grid(tmp_path, tiny_run_settings, set={"train.nonsense": 1}))
