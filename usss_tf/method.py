@@ -22,8 +22,7 @@ import dataclasses
 import tensorflow as tf
 
 from usss_tf import losses
-
-METHODS = ("supervised", "finetune", "univ_basic", "univ_full")
+from usss_tf.config import METHODS  # noqa: F401 - the config validates against the same names
 
 # Stage names: checkpoint folders and stages.json keys of a run directory.
 PRETRAIN, CENTROIDS, UNIVERSAL, SOURCE, TARGET = "pretrain", "centroids", "universal", "source", "target"

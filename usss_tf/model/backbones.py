@@ -2,6 +2,7 @@
 
 import pathlib
 
+from usss_tf.config import BACKBONES
 from usss_tf.errors import ConfigError
 from usss_tf.model.drn import DRN_D_LAYERS, build_drn_d
 from usss_tf.model.erfnet import build_erfnet
@@ -21,8 +22,7 @@ def build_backbone(name, width=1.0, dropout=0.0, sync_batchnorm=False, weights=N
         model = build_drn_d(name, width=width, sync_batchnorm=sync_batchnorm)
     else:
         raise ConfigError(
-            f"key 'model.backbone': unknown backbone {name!r}; expected one of: "
-            f"erfnet, {', '.join(DRN_D_LAYERS)}"
+            f"key 'model.backbone': unknown backbone {name!r}; expected one of: {', '.join(BACKBONES)}"
         )
     if weights:
         path = pathlib.Path(weights)
