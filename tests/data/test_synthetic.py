@@ -9,6 +9,7 @@ from PIL import Image
 
 from usss_tf import domains
 from usss_tf.data import checks, readers, synthetic
+from usss_tf.data.synthetic import write as synthetic_write
 from usss_tf.errors import ConfigError, DatasetError, UnknownDomainError
 
 SMALL = dict(num_train=3, num_val=1, size=(48, 96))
@@ -197,7 +198,7 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
             raise RuntimeError("disk on fire")
         return render(*args, **kwargs)
 
-    monkeypatch.setattr(synthetic, "render_scene", failing_render)
+    monkeypatch.setattr(synthetic_write, "render_scene", failing_render)  # The writer's renderer.
     with pytest.raises(RuntimeError, match="disk on fire"):
         synthetic.write_synthetic_domain("synth_city", tmp_path / "city", **SMALL)
     assert list(tmp_path.iterdir()) == []  # no target, no temporary sibling

@@ -1,219 +1,26 @@
-"""Built-in synthetic domains: street scenes drawn with numpy, written to disk.
+"""Drawing one street scene with numpy: canvas, surfaces, objects, light, camera."""
 
-This is the embedded default that lets every command run on a fresh machine
-with no downloads. Two domains share one scene grammar of 10 classes (road,
-sidewalk, building, fence, pole, vegetation, sky, person, car, truck) but
-differ the way real datasets do:
-
-- ``synth_city`` (Cityscapes layout, raw Cityscapes labelIds): cool, grey-blue
-  overcast daylight, pale plaster facades, sharp images with fine texture and
-  little noise, a high camera with the horizon above the image centre and no
-  roll, the ego car's hood at the bottom (raw id 1 "ego vehicle" -> ignore).
-- ``synth_camvid`` (CamVid SegNet layout): warm, saturated evening light,
-  brick and ochre facades, long shadows, coarse texture, blur and sensor
-  noise, a low dashboard camera (bigger objects, horizon lower) with a slight
-  roll. Its label space is smaller: car and truck are one class "vehicle";
-  fence and pole have no class and their pixels are written as void (11), as
-  CamVid does for things outside its label set.
-
-Scenes are hard enough that a small network trained on a few images does not
-saturate: colours of instances are jittered so classes overlap (grey cars on
-grey roads, green cars next to trees), every surface has texture, light falls
-off across the image, shadows cross class boundaries, and the number,
-position and scale of objects vary.
-
-Everything is deterministic: an image's random stream is derived from
-``(seed, domain, split, index)`` with `np.random.SeedSequence`, so the same
-seed writes byte-identical files and adding images never changes earlier ones.
-
-Example:
-
->>> roots = write_synthetic_domains("/tmp/usss_data")  # doctest: +SKIP
->>> roots["synth_city"]  # doctest: +SKIP
-PosixPath('/tmp/usss_data/synth_city')
-"""
-
-import dataclasses
-import json
 import math
-import os
-import pathlib
-import secrets
-import shutil
-import zlib
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 
-from usss_tf import domains as domains_lib
-from usss_tf.data import readers
-from usss_tf.errors import ConfigError, DatasetError, UnknownDomainError
-
-SYNTHETIC_DOMAINS = ("synth_city", "synth_camvid")
-
-# Bump when the drawing code changes, so stale folders are regenerated.
-GENERATOR_VERSION = 1
-MARKER_FILE = "synthetic.json"
-SPLITS = ("train", "val")
-
-# The scene grammar's classes (same order as `domains.SYNTH_CITY_CLASSES`)
-# plus the ego vehicle, which no domain trains on.
-ROAD, SIDEWALK, BUILDING, FENCE, POLE, VEGETATION, SKY, PERSON, CAR, TRUCK, EGO = range(11)
-SCENE_CLASSES = domains_lib.SYNTH_CITY_CLASSES + ("ego vehicle",)
-
-# Scene class -> class name in each domain's label space (None = void).
-_CLASS_NAMES_IN_DOMAIN = {
-    "synth_city": dict(zip(SCENE_CLASSES, SCENE_CLASSES)) | {"ego vehicle": None},
-    "synth_camvid": {
-        "road": "road", "sidewalk": "pavement", "building": "building",
-        "fence": None, "pole": None, "vegetation": "tree", "sky": "sky",
-        "person": "pedestrian", "car": "vehicle", "truck": "vehicle",
-        "ego vehicle": None,
-    },
-}  # fmt: skip
-# Raw id written for pixels without a class: Cityscapes "ego vehicle", CamVid void.
-_VOID_RAW_ID = {"synth_city": 1, "synth_camvid": domains_lib.SYNTH_CAMVID_VOID}
-
-
-def _raw_id_table(domain_name) -> np.ndarray:
-    """uint8[len(SCENE_CLASSES)]: scene class -> raw id of `domain_name`."""
-    domain = domains_lib.get_domain(domain_name)
-    train_to_raw = {train: raw for raw, train in domain.raw_to_train}
-    names = _CLASS_NAMES_IN_DOMAIN[domain_name]
-    table = []
-    for scene_class in SCENE_CLASSES:
-        name = names[scene_class]
-        if name is None:
-            table.append(_VOID_RAW_ID[domain_name])
-        else:
-            table.append(train_to_raw[domain.class_names.index(name)])
-    return np.asarray(table, dtype=np.uint8)
-
-
-# ---------------------------------------------------------------------------
-# Appearance of each domain.
-# ---------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class _Style:
-    """Camera, light and materials of one synthetic domain.
-
-    Ranges are ``(low, high)`` for a uniform draw per image. Lengths are in
-    metres; colours are linear RGB in 0..1 before grading.
-    """
-
-    horizon: tuple  # horizon row / image height
-    camera_height: tuple  # sets pixels per metre at the bottom row
-    roll_degrees: float  # |roll| limit
-    hood: bool  # draw the ego car's hood
-    sky_top: tuple  # candidate colours
-    sky_horizon: tuple
-    facade_colours: tuple
-    window_colours: tuple
-    road_colour: tuple
-    sidewalk_colours: tuple
-    vegetation_colours: tuple
-    car_colours: tuple
-    clothes_colours: tuple
-    fence_colours: tuple
-    pole_colours: tuple
-    colour_gains: tuple  # white balance (r, g, b)
-    saturation: float
-    contrast: float
-    texture_fine: float  # amplitude of pixel-scale texture
-    texture_coarse: float  # amplitude of blotchy texture
-    texture_scale: float  # sigma (px) of the blotchy texture
-    shadow_strength: tuple
-    blur_sigma: tuple
-    noise_sigma: tuple
-    num_cars: tuple  # inclusive ranges of counts
-    num_trucks: tuple
-    num_people: tuple
-    num_poles: tuple
-    num_trees: tuple
-    fence_probability: float
-    park_probability: float  # a side of the street is vegetation, not facades
-
-
-_GREYS = ((0.55, 0.55, 0.56), (0.3, 0.3, 0.31), (0.12, 0.12, 0.13), (0.8, 0.8, 0.8))
-
-_STYLES = {
-    "synth_city": _Style(
-        horizon=(0.36, 0.46),
-        camera_height=(1.6, 2.0),
-        roll_degrees=0.5,
-        hood=True,
-        sky_top=((0.55, 0.66, 0.8), (0.7, 0.75, 0.82), (0.45, 0.6, 0.8)),
-        sky_horizon=((0.85, 0.88, 0.9), (0.78, 0.82, 0.86)),
-        facade_colours=(
-            (0.7, 0.7, 0.68), (0.62, 0.6, 0.55), (0.8, 0.78, 0.72),
-            (0.45, 0.47, 0.5), (0.55, 0.5, 0.45), (0.72, 0.66, 0.55),
-        ),
-        window_colours=((0.2, 0.24, 0.3), (0.35, 0.4, 0.48), (0.12, 0.13, 0.15)),
-        road_colour=(0.36, 0.37, 0.39),
-        sidewalk_colours=((0.58, 0.57, 0.56), (0.5, 0.49, 0.5), (0.62, 0.58, 0.52)),
-        vegetation_colours=((0.22, 0.35, 0.14), (0.3, 0.4, 0.2), (0.18, 0.28, 0.16)),
-        car_colours=_GREYS + ((0.15, 0.2, 0.45), (0.5, 0.1, 0.1), (0.85, 0.85, 0.88)),
-        clothes_colours=_GREYS + ((0.15, 0.2, 0.35), (0.4, 0.32, 0.25), (0.5, 0.15, 0.15)),
-        fence_colours=((0.45, 0.42, 0.38), (0.3, 0.32, 0.3), (0.6, 0.6, 0.6)),
-        pole_colours=((0.4, 0.4, 0.4), (0.25, 0.27, 0.28), (0.55, 0.55, 0.52)),
-        colour_gains=(0.93, 1.0, 1.1),
-        saturation=0.75,
-        contrast=0.85,
-        texture_fine=0.06,
-        texture_coarse=0.06,
-        texture_scale=3.0,
-        shadow_strength=(0.15, 0.35),
-        blur_sigma=(0.0, 0.0),
-        noise_sigma=(0.006, 0.015),
-        num_cars=(1, 6),
-        num_trucks=(0, 2),
-        num_people=(1, 6),
-        num_poles=(1, 5),
-        num_trees=(0, 4),
-        fence_probability=0.6,
-        park_probability=0.25,
-    ),
-    "synth_camvid": _Style(
-        horizon=(0.48, 0.58),
-        camera_height=(1.0, 1.3),
-        roll_degrees=3.0,
-        hood=False,
-        sky_top=((0.35, 0.4, 0.65), (0.5, 0.45, 0.7), (0.55, 0.55, 0.75)),
-        sky_horizon=((1.0, 0.7, 0.4), (0.95, 0.6, 0.5), (1.0, 0.82, 0.55)),
-        facade_colours=(
-            (0.55, 0.25, 0.18), (0.75, 0.55, 0.3), (0.85, 0.75, 0.55),
-            (0.45, 0.3, 0.25), (0.65, 0.4, 0.3), (0.7, 0.65, 0.6),
-        ),
-        window_colours=((0.15, 0.12, 0.12), (0.9, 0.75, 0.4), (0.3, 0.25, 0.3)),
-        road_colour=(0.3, 0.28, 0.27),
-        sidewalk_colours=((0.55, 0.42, 0.36), (0.62, 0.55, 0.45), (0.45, 0.4, 0.38)),
-        vegetation_colours=((0.3, 0.38, 0.1), (0.4, 0.42, 0.15), (0.2, 0.3, 0.08)),
-        car_colours=_GREYS + ((0.7, 0.15, 0.1), (0.15, 0.35, 0.15), (0.8, 0.7, 0.2)),
-        clothes_colours=_GREYS + ((0.6, 0.2, 0.1), (0.2, 0.3, 0.5), (0.7, 0.6, 0.3)),
-        fence_colours=((0.4, 0.3, 0.2), (0.3, 0.3, 0.3), (0.55, 0.45, 0.35)),
-        pole_colours=((0.3, 0.28, 0.25), (0.2, 0.2, 0.2), (0.45, 0.4, 0.35)),
-        colour_gains=(1.12, 1.0, 0.8),
-        saturation=1.35,
-        contrast=1.25,
-        texture_fine=0.04,
-        texture_coarse=0.12,
-        texture_scale=7.0,
-        shadow_strength=(0.3, 0.55),
-        blur_sigma=(0.7, 1.3),
-        noise_sigma=(0.02, 0.04),
-        num_cars=(1, 4),
-        num_trucks=(0, 2),
-        num_people=(2, 8),
-        num_poles=(0, 3),
-        num_trees=(1, 5),
-        fence_probability=0.4,
-        park_probability=0.35,
-    ),
-}  # fmt: skip
-
+from usss_tf.errors import ConfigError
+from usss_tf.data.synthetic.style import (
+    ROAD,
+    SIDEWALK,
+    BUILDING,
+    FENCE,
+    POLE,
+    VEGETATION,
+    SKY,
+    PERSON,
+    CAR,
+    TRUCK,
+    EGO,
+    style_of,
+    raw_id_table,
+)
 
 # ---------------------------------------------------------------------------
 # Drawing.
@@ -799,8 +606,8 @@ def render_scene(domain_name, rng, size=(128, 256)):
         ``(image, label)``: ``uint8 [H, W, 3]`` RGB and ``uint8 [H, W]`` raw
         ids in the domain's on-disk numbering.
     """
-    style = _style(domain_name)
-    height, width = _check_size(size)
+    style = style_of(domain_name)
+    height, width = check_size(size)
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
     roll = math.radians(rng.uniform(-style.roll_degrees, style.roll_degrees))
@@ -849,7 +656,7 @@ def render_scene(domain_name, rng, size=(128, 256)):
     rgb = _grade(rgb, style, rng)
     rgb = _camera_effects(rgb, style, rng)
     image = np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return image, _raw_id_table(domain_name)[label]
+    return image, raw_id_table(domain_name)[label]
 
 
 def _crop(canvas, height, width, pad, roll):
@@ -873,42 +680,8 @@ def _crop(canvas, height, width, pad, roll):
     return rgb, np.take(canvas.label, flat)
 
 
-# ---------------------------------------------------------------------------
-# Writing domains to disk.
-# ---------------------------------------------------------------------------
-
-_CITIES = {"train": ("synthberg", "synthdorf"), "val": ("synthhausen",)}
-
-
-def _cityscapes_paths(split, index):
-    cities = _CITIES[split]
-    city = cities[index % len(cities)]
-    stem = f"{city}_{index // len(cities):06d}_000019"
-    return (
-        pathlib.Path("leftImg8bit", split, city, f"{stem}_leftImg8bit.png"),
-        pathlib.Path("gtFine", split, city, f"{stem}_gtFine_labelIds.png"),
-    )
-
-
-def _camvid_paths(split, index):
-    name = f"synth_{index:05d}.png"
-    return pathlib.Path(split, name), pathlib.Path(f"{split}annot", name)
-
-
-# layout -> (split, index) -> (image path, label path), relative to the root.
-_LAYOUT_PATHS = {"cityscapes": _cityscapes_paths, "camvid": _camvid_paths}
-
-
-def _style(domain_name) -> _Style:
-    if domain_name not in _STYLES:
-        raise UnknownDomainError(
-            f"unknown synthetic domain {domain_name!r}; synthetic domains: "
-            f"{', '.join(SYNTHETIC_DOMAINS)}"
-        )
-    return _STYLES[domain_name]
-
-
-def _check_size(size):
+def check_size(size):
+    """``(height, width)`` as ints, at least 32x32; a ConfigError otherwise."""
     try:
         height, width = (int(v) for v in size)
     except (TypeError, ValueError):
@@ -916,177 +689,3 @@ def _check_size(size):
     if height < 32 or width < 32:
         raise ConfigError(f"size must be at least 32x32 pixels, got {height}x{width}")
     return height, width
-
-
-def _image_seed(seed, domain_name, split, index) -> np.random.SeedSequence:
-    # crc32 is stable across processes (unlike hash()), so seeds are too.
-    words = [seed, zlib.crc32(domain_name.encode()), zlib.crc32(split.encode()), index]
-    return np.random.SeedSequence(words)
-
-
-def _manifest(domain_name, seed, counts, size) -> dict:
-    return {
-        "domain": domain_name,
-        "layout": domains_lib.get_domain(domain_name).layout,
-        "seed": seed,
-        "counts": counts,
-        "size": list(size),
-        "generator_version": GENERATOR_VERSION,
-    }
-
-
-def _read_manifest(root: pathlib.Path):
-    path = root / MARKER_FILE
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _is_complete(root: pathlib.Path, manifest: dict) -> bool:
-    """Whether `root` was written with `manifest` and still has all its files."""
-    if _read_manifest(root) != manifest:
-        return False
-    try:
-        return all(
-            len(readers.list_examples(manifest["domain"], root, split)) == count
-            for split, count in manifest["counts"].items()
-            if count
-        )
-    except DatasetError:
-        return False
-
-
-def _write_png(array, path: pathlib.Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path, format="PNG", compress_level=1)
-
-
-def write_synthetic_domain(
-    name, root, *, num_train=60, num_val=20, size=(128, 256), seed=0
-) -> pathlib.Path:
-    """Writes one synthetic domain in its dataset layout under `root`.
-
-    The folder is generated in a temporary sibling and renamed into place,
-    so readers never see half a dataset. A ``synthetic.json`` inside records
-    how it was made: calling again with the same arguments returns the
-    existing folder untouched; different arguments (or a newer generator)
-    regenerate it. A folder without that file is never overwritten.
-
-    Args:
-        name: one of `SYNTHETIC_DOMAINS`.
-        root: the dataset folder to create (e.g. ``data/synth_city``).
-        num_train, num_val: images in the ``train`` and ``val`` splits.
-        size: ``(height, width)`` of every image.
-        seed: base seed; equal seeds write byte-identical files.
-
-    Returns:
-        `root` as an absolute `pathlib.Path`.
-    """
-    _style(name)
-    size = _check_size(size)
-    counts = {"train": int(num_train), "val": int(num_val)}
-    if counts["train"] < 1 or counts["val"] < 0:
-        raise ConfigError(
-            f"synthetic domain {name!r}: need num_train >= 1 and num_val >= 0, "
-            f"got {num_train} and {num_val}"
-        )
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ConfigError(f"synthetic domain {name!r}: seed must be an int >= 0, got {seed!r}")
-    seed = int(seed)
-    root = pathlib.Path(root).expanduser().absolute()
-    manifest = _manifest(name, seed, counts, size)
-
-    if root.exists():
-        if _is_complete(root, manifest):
-            return root
-        if not (root / MARKER_FILE).is_file():
-            raise DatasetError(
-                f"{root} exists but has no {MARKER_FILE}, so it was not written "
-                "by the synthetic generator; refusing to overwrite it (remove "
-                "it or choose another folder)"
-            )
-
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = _sibling_dir(root, "tmp")
-    try:
-        paths_of = _LAYOUT_PATHS[manifest["layout"]]
-        for split in SPLITS:
-            for directory in paths_of(split, 0):
-                (staging / directory.parent).mkdir(parents=True, exist_ok=True)
-            for index in range(counts[split]):
-                rng = np.random.default_rng(_image_seed(seed, name, split, index))
-                image, label = render_scene(name, rng, size)
-                image_path, label_path = paths_of(split, index)
-                _write_png(image, staging / image_path)
-                _write_png(label, staging / label_path)
-        # The marker goes last: its presence means the folder is complete.
-        (staging / MARKER_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-        _move_into_place(staging, root, manifest)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return root
-
-
-def _sibling_dir(root: pathlib.Path, kind: str) -> pathlib.Path:
-    """A new hidden folder next to `root` (same file system, so renames are atomic).
-
-    Unlike `tempfile.mkdtemp` (mode 0700) it gets the usual permissions, which
-    the dataset keeps once renamed into place.
-    """
-    while True:
-        path = root.parent / f".{root.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-
-
-def _move_into_place(staging: pathlib.Path, root: pathlib.Path, manifest: dict):
-    """Renames `staging` to `root`, replacing an outdated generated folder."""
-    if root.exists():
-        # An outdated generated version: move it aside, swap, then drop it.
-        stale = _sibling_dir(root, "old")
-        try:
-            os.rename(root, stale / "data")
-            try:
-                os.rename(staging, root)
-            except OSError:
-                os.rename(stale / "data", root)
-                raise
-        finally:
-            shutil.rmtree(stale, ignore_errors=True)
-        return
-    try:
-        os.rename(staging, root)
-    except OSError:
-        # Another process finished the same folder first; use theirs.
-        if not _is_complete(root, manifest):
-            raise
-
-
-def write_synthetic_domains(
-    out_dir,
-    domains=SYNTHETIC_DOMAINS,
-    *,
-    num_train=60,
-    num_val=20,
-    size=(128, 256),
-    seed=0,
-) -> dict:
-    """Writes each synthetic domain to ``out_dir/<name>``.
-
-    Returns:
-        ``{name: root}`` in the order of `domains`.
-    """
-    if isinstance(domains, str):
-        domains = (domains,)
-    out_dir = pathlib.Path(out_dir).expanduser().absolute()
-    return {
-        name: write_synthetic_domain(
-            name, out_dir / name, num_train=num_train, num_val=num_val, size=size, seed=seed
-        )
-        for name in domains
-    }
