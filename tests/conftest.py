@@ -14,17 +14,19 @@ from PIL import Image
 
 def write_camvid_tree(root, num_train=8, num_val=3, size=(32, 64), num_classes=7, seed=0):
     """A tiny CamVid (SegNet) layout tree: images correlated with their labels."""
+    from usss_tf.data import layouts
+
     root = pathlib.Path(root)
     rng = np.random.default_rng(seed)
     for split, count in (("train", num_train), ("val", num_val)):
-        (root / split).mkdir(parents=True, exist_ok=True)
-        (root / f"{split}annot").mkdir(parents=True, exist_ok=True)
         for i in range(count):
             label = np.repeat(rng.integers(0, num_classes, (size[0] // 8, size[1] // 8)), 8, 0)
             label = np.repeat(label, 8, 1).astype(np.uint8)
             image = (label[..., None] * 30 + rng.integers(0, 40, (*size, 3))).astype(np.uint8)
-            Image.fromarray(image).save(root / split / f"frame{i:03d}.png")
-            Image.fromarray(label).save(root / f"{split}annot" / f"frame{i:03d}.png")
+            image_path, label_path = layouts.CAMVID.example_paths(root, split, f"frame{i:03d}")
+            for path, array in ((image_path, image), (label_path, label)):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(array).save(path)
     return root
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from usss_tf import evaluate
 from usss_tf.cli import main
-from usss_tf.data import readers
+from usss_tf.data import layouts, readers
 from usss_tf.domains import get_domain
 from usss_tf.errors import DatasetError
 
@@ -51,16 +51,12 @@ def _assert_parity(ours, official):
 def _write_cityscapes_labels(root, rng, cities=("aachen", "bonn"), per_city=3, size=(24, 40)):
     for city in cities:
         for i in range(per_city):
-            stem = f"{city}_{i:06d}_000019"
-            image_dir = root / "leftImg8bit" / "val" / city
-            label_dir = root / "gtFine" / "val" / city
-            image_dir.mkdir(parents=True, exist_ok=True)
-            label_dir.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(
-                image_dir / f"{stem}_leftImg8bit.png")
+            image, label = layouts.CITYSCAPES.example_paths(root, "val", city, f"{city}_{i:06d}_000019")
+            image.parent.mkdir(parents=True, exist_ok=True)
+            label.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(image)
             # Every raw id, including void ones (0..6, 9, 10, ...).
-            Image.fromarray(rng.integers(0, 34, size, dtype=np.uint8)).save(
-                label_dir / f"{stem}_gtFine_labelIds.png")
+            Image.fromarray(rng.integers(0, 34, size, dtype=np.uint8)).save(label)
 
 
 def test_random_predictions_match_cityscapesscripts(tmp_path):

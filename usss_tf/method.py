@@ -21,8 +21,10 @@ import dataclasses
 
 import tensorflow as tf
 
+from usss_tf import config as config_lib
 from usss_tf import losses
-from usss_tf.config import METHODS  # noqa: F401 - the config validates against the same names
+
+METHODS = config_lib.METHODS  # The names; the config validates against them.
 
 # Stage names: checkpoint folders and stages.json keys of a run directory.
 PRETRAIN, CENTROIDS, UNIVERSAL, SOURCE, TARGET = "pretrain", "centroids", "universal", "source", "target"

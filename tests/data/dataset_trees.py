@@ -13,6 +13,8 @@ import pathlib
 import numpy as np
 from PIL import Image
 
+from usss_tf.data import layouts
+
 SIZE = (32, 64)  # height, width
 
 
@@ -61,11 +63,9 @@ def write_cityscapes_tree(
         for city, count in counts.items():
             for frame in range(count):
                 stem = f"{city}_{frame:06d}_{19 + frame:06d}"
-                gt = root / "gtFine" / split / city
-                write_pair(
-                    root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png",
-                    gt / f"{stem}{label_suffix}", rng, raw_ids, size,
-                )
+                image, label = layouts.CITYSCAPES.example_paths(root, split, city, stem)
+                gt = label.parent
+                write_pair(image, gt / f"{stem}{label_suffix}", rng, raw_ids, size)
                 Image.new("RGB", size[::-1]).save(gt / f"{stem}_gtFine_color.png")
                 (gt / f"{stem}_gtFine_polygons.json").write_text(json.dumps({"objects": []}))
     return root
@@ -80,11 +80,9 @@ def write_idd_tree(root, sequences=None, raw_ids=IDD_LEVEL3_IDS, size=SIZE, seed
         for seq, count in counts.items():
             for i in range(count):
                 frame = f"{int(seq) * 1000 + i:06d}"
-                gt = root / "gtFine" / split / seq
-                write_pair(
-                    root / "leftImg8bit" / split / seq / f"{frame}_leftImg8bit.png",
-                    gt / f"{frame}_gtFine_labellevel3Ids.png", rng, raw_ids, size,
-                )
+                image, label = layouts.IDD.example_paths(root, split, seq, frame)
+                gt = label.parent
+                write_pair(image, label, rng, raw_ids, size)
                 Image.new("L", size[::-1]).save(gt / f"{frame}_gtFine_instancelevel3Ids.png")
                 (gt / f"{frame}_gtFine_polygons.json").write_text(json.dumps({"objects": []}))
     return root
@@ -96,11 +94,8 @@ def write_sunrgbd_folders(root, counts=None, raw_ids=SUNRGBD_IDS, size=SIZE, see
     rng = np.random.default_rng(seed)
     for split, count in (counts or {"train": 4, "test": 2}).items():
         for i in range(1, count + 1):
-            name = f"img-{i:06d}"
-            write_pair(
-                root / split / "image" / f"{name}.jpg", root / split / "label37" / f"{name}.png",
-                rng, raw_ids, size, image_format="JPEG",
-            )
+            image, label = layouts.SUNRGBD.example_paths(root, split, f"img-{i:06d}", ".jpg")
+            write_pair(image, label, rng, raw_ids, size, image_format="JPEG")
     return root
 
 
@@ -123,5 +118,5 @@ def write_sunrgbd_lists(root, counts=None, raw_ids=SUNRGBD_IDS, size=SIZE, seed=
             (root / depth).parent.mkdir(parents=True, exist_ok=True)
             Image.new("I;16", size[::-1]).save(root / depth)
             lines.append(f"{image} {depth} {label}" if columns == 3 else f"{image} {label}")
-        (root / f"{split}37.txt").write_text("\n".join(lines) + "\n")
+        (root / layouts.SUNRGBD_LIST_FILE.format(split=split)).write_text("\n".join(lines) + "\n")
     return root

@@ -1,7 +1,9 @@
 """Tests for usss_tf.data.readers on small dataset trees written in tmp_path.
 
 Every image and its label carry the same pixel value, so a test can tell from
-the files' content whether the reader paired them correctly.
+the files' content whether the reader paired them correctly. The trees here
+spell each dataset's paths out literally (as the datasets' own documentation
+does), so they check ``usss_tf.data.layouts`` against the real conventions.
 """
 
 import random

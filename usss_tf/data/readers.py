@@ -7,21 +7,13 @@ globs, which silently mis-pairs as soon as one file is missing or the file
 system lists in a different order). The tf.data pipeline only ever sees these
 lists; decoding happens there.
 
-Layouts (``Domain.layout``):
-
-- ``cityscapes``: ``root/leftImg8bit/{split}/{city}/{stem}_leftImg8bit.png``
-  with ``root/gtFine/{split}/{city}/{stem}_gtFine_labelIds.png``.
-- ``idd``: the Cityscapes structure; images ``{stem}_leftImg8bit.{png,jpg}``,
-  labels ``{stem}_gtFine_labellevel3Ids.png`` (written by the IDD toolkit's
-  ``createLabels``).
-- ``camvid`` (SegNet): ``root/{split}/{name}.png`` with
-  ``root/{split}annot/{name}.png``.
-- ``sunrgbd``: either the list file ``root/{split}37.txt`` (one example per
-  line: ``image label`` or ``image depth label``, paths relative to root; the
-  form of ankurhanda/sunrgbd-meta-data and chrischoy/SUN_RGBD, whose image and
-  label names differ, so only the list pairs them), or, without a list file,
-  the folders ``root/{split}/image/{name}.{jpg,png}`` with
-  ``root/{split}/label37/{name}.png``. Label values 1..37, 0 = unlabelled.
+Layouts (``Domain.layout``) are defined in ``usss_tf.data.layouts``:
+``cityscapes``, ``idd``, ``camvid`` (SegNet) and ``sunrgbd``. SUN RGB-D comes
+either as a list file ``root/{split}37.txt`` (one example per line: ``image
+label`` or ``image depth label``, paths relative to root; the form of
+ankurhanda/sunrgbd-meta-data and chrischoy/SUN_RGBD, whose image and label
+names differ, so only the list pairs them) or, without a list file, as
+folders. Label values 1..37, 0 = unlabelled.
 
 Readers only list; whether the files are usable (they decode, sizes agree,
 label ids belong to the domain) is `usss_tf.data.checks`' job. With
@@ -31,13 +23,13 @@ report (or skip) it by name.
 """
 
 import dataclasses
+import functools
 import os
 import pathlib
 
 from usss_tf import domains as domains_lib
+from usss_tf.data import layouts
 from usss_tf.errors import ConfigError, DatasetError
-
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,74 +129,47 @@ def _strip_suffix(name: str, suffixes):
     return None
 
 
-def _cityscapes_like(root, split, *, image_suffixes, label_suffix, require_labels):
-    """Lists ``leftImg8bit/{split}/{city}/`` with labels under ``gtFine/``."""
-    image_split = _existing_dir(root / "leftImg8bit" / split, f"split {split!r} of {root}")
-    label_split = root / "gtFine" / split
+def _list_grouped(layout, root, split, *, require_labels):
+    """Lists a ``GroupedLayout``: one image folder per group, labels in a parallel tree."""
+    image_split = _existing_dir(layout.image_dir(root, split), f"split {split!r} of {root}")
     if require_labels:
-        _existing_dir(label_split, f"labels of split {split!r}")
+        _existing_dir(layout.label_dir(root, split), f"labels of split {split!r}")
+    suffixes = layout.image_suffixes
     images = {}
-    for city in sorted(p for p in image_split.iterdir() if p.is_dir()):
-        files = _files_with_suffix(city, image_suffixes)
-        stems = _index_by_stem(files, lambda n: _strip_suffix(n, image_suffixes), city)
-        images.update({f"{city.name}/{stem}": path for stem, path in stems.items()})
+    for group in sorted(p for p in image_split.iterdir() if p.is_dir()):
+        files = _files_with_suffix(group, suffixes)
+        stems = _index_by_stem(files, lambda n: _strip_suffix(n, suffixes), group)
+        images.update({f"{group.name}/{stem}": path for stem, path in stems.items()})
     return _pair(
         images,
-        lambda key: label_split / f"{key}{label_suffix}",
+        lambda key: layout.label_path(root, split, key),
         image_split,
         require_labels=require_labels,
     )
 
 
-def _list_cityscapes(root, split, *, require_labels):
-    return _cityscapes_like(
-        root,
-        split,
-        image_suffixes=("_leftImg8bit.png",),
-        label_suffix="_gtFine_labelIds.png",
-        require_labels=require_labels,
-    )
-
-
-def _list_idd(root, split, *, require_labels):
-    return _cityscapes_like(
-        root,
-        split,
-        image_suffixes=("_leftImg8bit.png", "_leftImg8bit.jpg"),
-        label_suffix="_gtFine_labellevel3Ids.png",
-        require_labels=require_labels,
-    )
-
-
-def _flat_pair(image_folder, label_folder, split, *, require_labels):
-    """Images ``{name}.{png,jpg}`` with labels ``label_folder/{name}.png``."""
-    _existing_dir(image_folder, f"images of split {split!r}")
+def _list_flat(layout, root, split, *, require_labels):
+    """Lists a ``FlatLayout``: images ``{name}.{png,jpg}``, labels of the same name."""
+    image_folder = _existing_dir(layout.image_dir(root, split), f"images of split {split!r}")
     if require_labels:
-        _existing_dir(label_folder, f"labels of split {split!r}")
-    files = _files_with_suffix(image_folder, _IMAGE_SUFFIXES)
-    images = _index_by_stem(files, lambda n: _strip_suffix(n, _IMAGE_SUFFIXES), image_folder)
+        _existing_dir(layout.label_dir(root, split), f"labels of split {split!r}")
+    suffixes = layout.image_suffixes
+    files = _files_with_suffix(image_folder, suffixes)
+    images = _index_by_stem(files, lambda n: _strip_suffix(n, suffixes), image_folder)
     return _pair(
         images,
-        lambda key: label_folder / f"{key}.png",
+        lambda key: layout.label_path(root, split, key),
         image_folder,
         require_labels=require_labels,
     )
 
 
-def _list_camvid(root, split, *, require_labels):
-    return _flat_pair(root / split, root / f"{split}annot", split, require_labels=require_labels)
-
-
 def _list_sunrgbd(root, split, *, require_labels):
-    list_file = root / f"{split}37.txt"
+    list_file = root / layouts.SUNRGBD_LIST_FILE.format(split=split)
     if list_file.is_file():
-        return _from_list_file(root, list_file, "label37", require_labels=require_labels)
-    return _flat_pair(
-        root / split / "image",
-        root / split / "label37",
-        split,
-        require_labels=require_labels,
-    )
+        return _from_list_file(root, list_file, layouts.SUNRGBD_LABEL_FOLDER,
+                               require_labels=require_labels)
+    return _list_flat(layouts.SUNRGBD, root, split, require_labels=require_labels)
 
 
 def _list_path(root, text) -> pathlib.Path:
@@ -264,9 +229,9 @@ def _from_list_file(root, list_file, label_folder, *, require_labels) -> list:
 
 # layout -> fn(root: absolute Path, split: str, *, require_labels) -> [Example]
 _LAYOUT_READERS = {
-    "cityscapes": _list_cityscapes,
-    "idd": _list_idd,
-    "camvid": _list_camvid,
+    "cityscapes": functools.partial(_list_grouped, layouts.CITYSCAPES),
+    "idd": functools.partial(_list_grouped, layouts.IDD),
+    "camvid": functools.partial(_list_flat, layouts.CAMVID),
     "sunrgbd": _list_sunrgbd,
 }
 

@@ -38,6 +38,7 @@ import pathlib
 import shutil
 import tempfile
 
+from usss_tf.data import layouts
 from usss_tf.errors import ConfigError, DatasetError
 
 # domain name -> TFDS builder/config; its examples are written in the Cityscapes layout.
@@ -127,17 +128,15 @@ def _write_cityscapes_split(builder, split, folder):
         shuffle_files=False,
         decoders={"image_left": skip, "segmentation_label": skip},
     )
-    for kind in ("leftImg8bit", "gtFine"):
-        (folder / kind / split).mkdir(parents=True, exist_ok=True)
+    layout = layouts.CITYSCAPES
+    for directory in (layout.image_dir(folder, split), layout.label_dir(folder, split)):
+        directory.mkdir(parents=True, exist_ok=True)
     count = 0
     for example in tfds.as_numpy(dataset):
         image_id = example["image_id"].decode()
         city = image_id.rsplit("_", 2)[0]
-        for kind, feature, suffix in (
-            ("leftImg8bit", "image_left", "leftImg8bit"),
-            ("gtFine", "segmentation_label", "gtFine_labelIds"),
-        ):
-            path = folder / kind / split / city / f"{image_id}_{suffix}.png"
+        paths = layout.example_paths(folder, split, city, image_id)
+        for path, feature in zip(paths, ("image_left", "segmentation_label")):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(example[feature])
         count += 1
@@ -179,7 +178,7 @@ def materialize(domain_name, data_dir, splits, manual_dir=None, echo=None, where
             tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-{split}-", dir=root))
             try:
                 count = _write_cityscapes_split(builder, split, tmp)
-                for kind in ("leftImg8bit", "gtFine"):
+                for kind in (layouts.CITYSCAPES.image_root, layouts.CITYSCAPES.label_root):
                     target = root / kind / split
                     if target.exists():  # left by an interrupted run, never marked complete
                         shutil.rmtree(target)

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from usss_tf import domains as domains_lib
-from usss_tf.data import readers
+from usss_tf.data import layouts, readers
 from usss_tf.errors import ConfigError, DatasetError
 from usss_tf.data.synthetic.render import check_size, render_scene
 from usss_tf.data.synthetic.style import SYNTHETIC_DOMAINS, style_of
@@ -33,15 +33,11 @@ def _cityscapes_paths(split, index):
     cities = _CITIES[split]
     city = cities[index % len(cities)]
     stem = f"{city}_{index // len(cities):06d}_000019"
-    return (
-        pathlib.Path("leftImg8bit", split, city, f"{stem}_leftImg8bit.png"),
-        pathlib.Path("gtFine", split, city, f"{stem}_gtFine_labelIds.png"),
-    )
+    return layouts.CITYSCAPES.example_paths("", split, city, stem)
 
 
 def _camvid_paths(split, index):
-    name = f"synth_{index:05d}.png"
-    return pathlib.Path(split, name), pathlib.Path(f"{split}annot", name)
+    return layouts.CAMVID.example_paths("", split, f"synth_{index:05d}")
 
 
 # layout -> (split, index) -> (image path, label path), relative to the root.
