@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import yaml
 
@@ -67,3 +69,17 @@ def test_round_trip_through_yaml(tmp_path):
     config = config_lib.load_config(_write(tmp_path, BASE))
     config_lib.save_config(config, tmp_path / "saved.yaml")
     assert config_lib.load_config(tmp_path / "saved.yaml") == config
+
+
+@pytest.mark.parametrize("section, key, fragment", [
+    (lambda: config_lib.TrainConfig(precision="fp8"), "train", "key 'train.precision': unknown precision 'fp8'"),
+    (lambda: config_lib.DataConfig(crop=[30, 64]), "data", "key 'data.crop': height and width must be multiples of 8"),
+    (lambda: config_lib.ModelConfig(backbone="vgg"), "model", "key 'model.backbone': unknown backbone 'vgg'"),
+    (lambda: config_lib.DomainConfig(name="camvid", root="x", source="hub"), "domains.3",
+     "key 'domains.3.source': expected one of: folder, tfds, got 'hub'"),
+    (lambda: config_lib.DomainConfig(name="camvid", root="x", source="tfds"), "domains.0",
+     "key 'domains.0.source': domain 'camvid' has no TFDS source"),
+])
+def test_each_section_validates_its_own_fields(section, key, fragment):
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        section().validate(key)

@@ -23,6 +23,24 @@ BACKBONES = ("erfnet", "drn_d_22", "drn_d_38")
 OPTIMIZERS = ("adamw", "sgd")
 SOURCES = ("folder", "tfds")
 ON_BROKEN = ("stop", "skip")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+def _check_choice(key, value, choices):
+    if value not in choices:
+        raise ConfigError(f"key '{key}': expected one of: {', '.join(choices)}, got {value!r}")
+
+
+def _check_positive(section, config, names):
+    for name in names:
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"key '{section}.{name}': must be > 0, got {getattr(config, name)}")
+
+
+def _check_at_least_one(section, config, names):
+    for name in names:
+        if getattr(config, name) < 1:
+            raise ConfigError(f"key '{section}.{name}': must be at least 1, got {getattr(config, name)}")
 
 
 @dataclasses.dataclass
@@ -42,6 +60,38 @@ class DomainConfig:
     source: str = "folder"
     manual_dir: typing.Optional[str] = None  # tfds only: the manual-download zips.
 
+    def validate(self, key):
+        """Checks this domain against the domain registry; ``key`` is e.g. ``domains.0``."""
+        from usss_tf import domains as domain_registry  # the label spaces: a leaf module
+
+        if not self.name:
+            raise ConfigError(f"key '{key}.name': a domain name is required")
+        try:
+            domain = domain_registry.get_domain(self.name)
+        except KeyError as error:
+            raise ConfigError(f"key '{key}.name': {error}") from None
+        if not self.root:
+            raise ConfigError(f"key '{key}.root': a data folder is required")
+        if self.labeled < 1:
+            raise ConfigError(f"key '{key}.labeled': must be at least 1, got {self.labeled}")
+        if self.unlabeled is not None and self.unlabeled < 0:
+            raise ConfigError(f"key '{key}.unlabeled': must be >= 0, got {self.unlabeled}")
+        if self.scale <= 0:
+            raise ConfigError(f"key '{key}.scale': must be > 0, got {self.scale}")
+        if self.generate and not domain.synthetic:
+            raise ConfigError(
+                f"key '{key}.generate': only synthetic domains can be generated, "
+                f"{self.name!r} is not one"
+            )
+        _check_choice(f"{key}.source", self.source, SOURCES)
+        if self.source == "tfds" and self.name not in domain_registry.TFDS_BUILDERS:
+            raise ConfigError(
+                f"key '{key}.source': domain {self.name!r} has no TFDS source; "
+                f"available for: {', '.join(sorted(domain_registry.TFDS_BUILDERS))}"
+            )
+        if self.manual_dir is not None and self.source != "tfds":
+            raise ConfigError(f"key '{key}.manual_dir': only used with source: tfds")
+
 
 @dataclasses.dataclass
 class ModelConfig:
@@ -54,6 +104,15 @@ class ModelConfig:
     sync_batchnorm: bool = False
     backbone_weights: typing.Optional[str] = None  # local weights file, never downloaded.
 
+    def validate(self, key="model"):
+        if self.backbone not in BACKBONES:
+            raise ConfigError(
+                f"key '{key}.backbone': unknown backbone {self.backbone!r}; expected one of: "
+                f"{', '.join(BACKBONES)}"
+            )
+        _check_positive(key, self, ("width", "temperature"))
+        _check_at_least_one(key, self, ("embedding_dim", "centroids_per_class"))
+
 
 @dataclasses.dataclass
 class AugmentConfig:
@@ -61,6 +120,12 @@ class AugmentConfig:
     max_scale: float = 1.25
     flip: bool = True
     photometric: bool = True
+
+    def validate(self, key="data.augment"):
+        if not 0 < self.min_scale <= self.max_scale:
+            raise ConfigError(
+                f"key '{key}': need 0 < min_scale <= max_scale, got {self.min_scale}, {self.max_scale}"
+            )
 
 
 @dataclasses.dataclass
@@ -76,6 +141,20 @@ class DataConfig:
     # record it in manifest.json (usss_tf.data.sources).
     on_broken: str = "stop"
 
+    def validate(self, key="data"):
+        _check_at_least_one(key, self, ("batch_size", "eval_batch_size"))
+        _check_choice(f"{key}.on_broken", self.on_broken, ON_BROKEN)
+        if self.unlabeled_batch_size < 0:
+            raise ConfigError(f"key '{key}.unlabeled_batch_size': must be >= 0")
+        if len(self.crop) != 2 or min(self.crop) < 8:
+            raise ConfigError(f"key '{key}.crop': expected [height, width] >= 8, got {self.crop}")
+        if any(c % 8 for c in self.crop):
+            raise ConfigError(
+                f"key '{key}.crop': height and width must be multiples of 8 (output stride), "
+                f"got {self.crop}"
+            )
+        self.augment.validate(f"{key}.augment")
+
 
 @dataclasses.dataclass
 class LossConfig:
@@ -84,11 +163,19 @@ class LossConfig:
     cross_entropy: float = 0.1  # alpha in the paper.
     embedding_supervision: float = 1.0  # 0 reproduces the published code.
 
+    def validate(self, key="loss"):
+        for name, value in dataclasses.asdict(self).items():
+            if value < 0:
+                raise ConfigError(f"key '{key}.{name}': must be >= 0, got {value}")
+
 
 @dataclasses.dataclass
 class CentroidConfig:
     pixels_per_class: int = 2000
     refresh_every: int = 0  # universal-stage steps between centroid refreshes; 0 = never.
+
+    def validate(self, key="centroids"):
+        _check_at_least_one(key, self, ("pixels_per_class",))
 
 
 @dataclasses.dataclass
@@ -111,6 +198,28 @@ class TrainConfig:
     panel_images: int = 3  # 0 = no panels.
     precision: str = "float32"  # or mixed_float16 / mixed_bfloat16 (see usss_tf.precision).
 
+    def validate(self, key="train"):
+        _check_at_least_one(key, self, ("checkpoint_every", "log_every"))
+        for name in ("pretrain_steps", "steps", "eval_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"key '{key}.{name}': must be >= 0")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(
+                f"key '{key}.optimizer': unknown optimizer {self.optimizer!r}; expected one "
+                f"of: {', '.join(OPTIMIZERS)}"
+            )
+        if self.learning_rate <= 0:
+            raise ConfigError(f"key '{key}.learning_rate': must be > 0")
+        if self.image_every is not None and self.image_every < 0:
+            raise ConfigError(f"key '{key}.image_every': must be >= 0 (0 = panels only at validations)")
+        if self.panel_images < 0:
+            raise ConfigError(f"key '{key}.panel_images': must be >= 0 (0 = no image panels)")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"key '{key}.precision': unknown precision {self.precision!r}; expected one of: "
+                f"{', '.join(PRECISIONS)}"
+            )
+
 
 @dataclasses.dataclass
 class ExperimentConfig:
@@ -127,6 +236,26 @@ class ExperimentConfig:
     @property
     def domain_names(self):
         return [d.name for d in self.domains]
+
+    def validate(self):
+        """Checks the method against the domains, then every section; returns the config."""
+        if self.method not in METHODS:
+            raise ConfigError(
+                f"key 'method': unknown method {self.method!r}; expected one of: {', '.join(METHODS)}"
+            )
+        if not self.domains:
+            raise ConfigError("key 'domains': at least one domain is required")
+        if self.method == "finetune" and len(self.domains) < 2:
+            raise ConfigError("key 'method': 'finetune' needs at least two domains (source, then target)")
+        seen = set()
+        for i, domain in enumerate(self.domains):
+            domain.validate(f"domains.{i}")
+            if domain.name in seen:
+                raise ConfigError(f"key 'domains.{i}.name': domain {domain.name!r} is listed twice")
+            seen.add(domain.name)
+        for section in ("model", "data", "loss", "centroids", "train"):
+            getattr(self, section).validate(section)
+        return self
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -246,114 +375,8 @@ def _apply_override(tree, key, value):
 
 
 def validate_config(config):
-    """Checks cross-field rules; raises ``ConfigError`` naming the key."""
-    if config.method not in METHODS:
-        raise ConfigError(
-            f"key 'method': unknown method {config.method!r}; expected one of: {', '.join(METHODS)}"
-        )
-    if not config.domains:
-        raise ConfigError("key 'domains': at least one domain is required")
-    if config.method == "finetune" and len(config.domains) < 2:
-        raise ConfigError("key 'method': 'finetune' needs at least two domains (source, then target)")
-    from usss_tf import domains as domain_registry
-
-    seen = set()
-    for i, d in enumerate(config.domains):
-        if not d.name:
-            raise ConfigError(f"key 'domains.{i}.name': a domain name is required")
-        try:
-            domain = domain_registry.get_domain(d.name)
-        except KeyError as error:
-            raise ConfigError(f"key 'domains.{i}.name': {error}") from None
-        if d.name in seen:
-            raise ConfigError(f"key 'domains.{i}.name': domain {d.name!r} is listed twice")
-        seen.add(d.name)
-        if not d.root:
-            raise ConfigError(f"key 'domains.{i}.root': a data folder is required")
-        if d.labeled < 1:
-            raise ConfigError(f"key 'domains.{i}.labeled': must be at least 1, got {d.labeled}")
-        if d.unlabeled is not None and d.unlabeled < 0:
-            raise ConfigError(f"key 'domains.{i}.unlabeled': must be >= 0, got {d.unlabeled}")
-        if d.scale <= 0:
-            raise ConfigError(f"key 'domains.{i}.scale': must be > 0, got {d.scale}")
-        if d.generate and not domain.synthetic:
-            raise ConfigError(
-                f"key 'domains.{i}.generate': only synthetic domains can be generated, "
-                f"{d.name!r} is not one"
-            )
-        if d.source not in SOURCES:
-            raise ConfigError(
-                f"key 'domains.{i}.source': expected one of: {', '.join(SOURCES)}, got {d.source!r}"
-            )
-        from usss_tf.data import tfds_source
-
-        if d.source == "tfds" and not tfds_source.supports(d.name):
-            raise ConfigError(
-                f"key 'domains.{i}.source': domain {d.name!r} has no TFDS source; "
-                f"available for: {', '.join(sorted(tfds_source.TFDS_BUILDERS))}"
-            )
-        if d.manual_dir is not None and d.source != "tfds":
-            raise ConfigError(f"key 'domains.{i}.manual_dir': only used with source: tfds")
-    m = config.model
-    if m.backbone not in BACKBONES:
-        raise ConfigError(
-            f"key 'model.backbone': unknown backbone {m.backbone!r}; expected one of: "
-            f"{', '.join(BACKBONES)}"
-        )
-    for key, value in (("model.width", m.width), ("model.temperature", m.temperature)):
-        if value <= 0:
-            raise ConfigError(f"key '{key}': must be > 0, got {value}")
-    for key, value in (
-        ("model.embedding_dim", m.embedding_dim),
-        ("model.centroids_per_class", m.centroids_per_class),
-        ("data.batch_size", config.data.batch_size),
-        ("data.eval_batch_size", config.data.eval_batch_size),
-        ("centroids.pixels_per_class", config.centroids.pixels_per_class),
-        ("train.checkpoint_every", config.train.checkpoint_every),
-        ("train.log_every", config.train.log_every),
-    ):
-        if value < 1:
-            raise ConfigError(f"key '{key}': must be at least 1, got {value}")
-    if config.data.on_broken not in ON_BROKEN:
-        raise ConfigError(
-            f"key 'data.on_broken': expected one of: {', '.join(ON_BROKEN)}, "
-            f"got {config.data.on_broken!r}"
-        )
-    if config.data.unlabeled_batch_size < 0:
-        raise ConfigError("key 'data.unlabeled_batch_size': must be >= 0")
-    if len(config.data.crop) != 2 or min(config.data.crop) < 8:
-        raise ConfigError(f"key 'data.crop': expected [height, width] >= 8, got {config.data.crop}")
-    if any(c % 8 for c in config.data.crop):
-        raise ConfigError(
-            f"key 'data.crop': height and width must be multiples of 8 (output stride), "
-            f"got {config.data.crop}"
-        )
-    a = config.data.augment
-    if not 0 < a.min_scale <= a.max_scale:
-        raise ConfigError(
-            f"key 'data.augment': need 0 < min_scale <= max_scale, got {a.min_scale}, {a.max_scale}"
-        )
-    for key in ("pretrain_steps", "steps", "eval_every"):
-        if getattr(config.train, key) < 0:
-            raise ConfigError(f"key 'train.{key}': must be >= 0")
-    if config.train.optimizer not in OPTIMIZERS:
-        raise ConfigError(
-            f"key 'train.optimizer': unknown optimizer {config.train.optimizer!r}; expected one "
-            f"of: {', '.join(OPTIMIZERS)}"
-        )
-    if config.train.learning_rate <= 0:
-        raise ConfigError("key 'train.learning_rate': must be > 0")
-    if config.train.image_every is not None and config.train.image_every < 0:
-        raise ConfigError("key 'train.image_every': must be >= 0 (0 = panels only at validations)")
-    if config.train.panel_images < 0:
-        raise ConfigError("key 'train.panel_images': must be >= 0 (0 = no image panels)")
-    from usss_tf import precision
-
-    precision.check_policy(config.train.precision, "train.precision")
-    for key, value in dataclasses.asdict(config.loss).items():
-        if value < 0:
-            raise ConfigError(f"key 'loss.{key}': must be >= 0, got {value}")
-    return config
+    """Checks every section (``ExperimentConfig.validate``); raises ``ConfigError`` naming the key."""
+    return config.validate()
 
 
 def config_from_dict(mapping, overrides=(), source="<dict>"):

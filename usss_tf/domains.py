@@ -35,6 +35,9 @@ from cityscapesscripts.helpers import labels as cityscapes_labels
 
 from usss_tf.errors import ConfigError, UnknownDomainError
 
+# Domains that can come from TensorFlow Datasets (``source: tfds``) -> builder/config.
+TFDS_BUILDERS = {"cityscapes": "cityscapes/semantic_segmentation"}
+
 IGNORE_LABEL = 255
 
 # Domain names become parts of file names, TensorBoard tags and serving

@@ -21,9 +21,8 @@ import contextlib
 
 import keras
 
+from usss_tf.config import PRECISIONS as POLICIES
 from usss_tf.errors import ConfigError
-
-POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 def check_policy(name, key="train.precision"):

@@ -39,11 +39,12 @@ import shutil
 import tempfile
 
 from usss_tf.data import layouts
+from usss_tf.domains import TFDS_BUILDERS
 from usss_tf.errors import ConfigError, DatasetError
 
-# domain name -> TFDS builder/config; its examples are written in the Cityscapes layout.
-_CITYSCAPES = "cityscapes/semantic_segmentation"
-TFDS_BUILDERS = {"cityscapes": _CITYSCAPES}
+# domain name -> TFDS builder/config (``domains.TFDS_BUILDERS``); examples are
+# written in the Cityscapes layout.
+_CITYSCAPES = TFDS_BUILDERS["cityscapes"]
 MANUAL_FILES = {_CITYSCAPES: ("leftImg8bit_trainvaltest.zip", "gtFine_trainvaltest.zip")}
 # Split folder names of the layout -> TFDS split names.
 _TFDS_SPLIT = {"val": "validation"}
