@@ -32,7 +32,6 @@ sees half a split; a complete split is never written again.
 
 import contextlib
 import fcntl
-import json
 import os
 import pathlib
 import shutil
@@ -40,6 +39,7 @@ import tempfile
 
 from usss_tf.data import layouts
 from usss_tf.domains import TFDS_BUILDERS
+from usss_tf.run_dir import write_json_atomic
 from usss_tf.errors import ConfigError, DatasetError
 
 # domain name -> TFDS builder/config (``domains.TFDS_BUILDERS``); examples are
@@ -185,10 +185,8 @@ def materialize(domain_name, data_dir, splits, manual_dir=None, echo=None, where
                         shutil.rmtree(target)
                     target.parent.mkdir(parents=True, exist_ok=True)
                     os.replace(tmp / kind / split, target)
-                info = {"builder": builder.info.full_name, "split": split, "examples": count}
-                marker_tmp = marker.with_suffix(".tmp")
-                marker_tmp.write_text(json.dumps(info))
-                os.replace(marker_tmp, marker)
+                write_json_atomic(marker, {"builder": builder.info.full_name, "split": split,
+                                           "examples": count})
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
     return root
