@@ -180,8 +180,11 @@ class CentroidConfig:
 
 @dataclasses.dataclass
 class TrainConfig:
+    # Steps of the method's first and second training stage (usss_tf.method.PLANS):
+    # pretrain -> universal for univ_*, source -> target for finetune; a
+    # supervised run trains each domain's model for their sum.
     pretrain_steps: int = 500
-    steps: int = 500  # universal-stage steps.
+    steps: int = 500
     optimizer: str = "adamw"
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
