@@ -192,7 +192,7 @@ def main():
         images = scene_pngs(max(BATCHES), size)
         started = time.perf_counter()
         server = ModelServer(version_dir.parent, model_name="usss", port=0, rest_port=None,
-                             max_message_mb=256, max_workers=8).start()
+                             max_message_mb=256, max_inflight=8).start()
         model["server_start_seconds"] = round(time.perf_counter() - started, 1)
         in_process = tf.saved_model.load(str(version_dir))  # kept alive: it owns the variables
         results = []

@@ -288,8 +288,17 @@ def _log_serving_events():
               help="Largest request or reply; gRPC answers bigger ones RESOURCE_EXHAUSTED, REST 413.")
 @click.option("--poll-seconds", default=2.0, show_default=True, type=click.FloatRange(min=0.1),
               help="How often to look for a new version folder.")
+@click.option("--max-inflight", default=4, show_default=True, type=click.IntRange(min=1),
+              help="Predict requests running at once (gRPC and REST together).")
+@click.option("--max-queued", default=16, show_default=True, type=click.IntRange(min=0),
+              help="Predict requests waiting for a slot; beyond, RESOURCE_EXHAUSTED (REST 429).")
+@click.option("--monitoring", is_flag=True,
+              help="Serve Prometheus metrics at /monitoring/prometheus/metrics on the REST port.")
+@click.option("--grace-seconds", default=10.0, show_default=True, type=click.FloatRange(min=0),
+              help="On SIGTERM/SIGINT, how long requests in flight may take to finish.")
 @_friendly_errors
-def serve(model_base, model_name, port, rest_port, host, max_message_mb, poll_seconds):
+def serve(model_base, model_name, port, rest_port, host, max_message_mb, poll_seconds, max_inflight,
+          max_queued, monitoring, grace_seconds):
     """Serve exported versions over TF Serving's gRPC and REST APIs until SIGTERM/SIGINT."""
     from usss_tf.errors import ServingError
 
@@ -300,8 +309,9 @@ def serve(model_base, model_name, port, rest_port, host, max_message_mb, poll_se
     from usss_tf.serving.server import ModelServer, serve as serve_until_signalled
 
     server = ModelServer(model_base, model_name=model_name, host=host, port=port, rest_port=rest_port,
-                         max_message_mb=max_message_mb, poll_seconds=poll_seconds)
-    serve_until_signalled(server, echo=lambda message: click.echo(message))
+                         max_message_mb=max_message_mb, poll_seconds=poll_seconds,
+                         max_inflight=max_inflight, max_queued=max_queued, monitoring=monitoring)
+    serve_until_signalled(server, echo=lambda message: click.echo(message), grace=grace_seconds)
     click.echo("stopped")
 
 

@@ -1,5 +1,7 @@
 """The version store and the signature runner, in process, on a real export of the tiny run."""
 
+import concurrent.futures
+
 import grpc
 import numpy as np
 import pytest
@@ -68,3 +70,18 @@ def test_runner_checks_inputs_before_running(model_base, scene_pngs):
     assert list(outputs) == ["class_ids"] and outputs["class_ids"].shape == (1, 32, 64)
     with pytest.raises(RequestError, match="has no signature 'segment_mars'"):
         store.get(MODEL).runner("segment_mars", MODEL)
+
+
+def test_a_storm_of_pinned_requests_loads_each_version_once_and_keeps_few(model_base, exported, loads):
+    for version in (2, 3):
+        add_version(model_base, exported, version)
+    store = models.ModelStore(model_base, MODEL, poll_seconds=3600, max_pinned=1)
+    store.refresh()
+    assert loads == [3]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda _: store.get(MODEL, 1).version, range(16)))
+    assert got == [1] * 16 and loads == [3, 1]  # One load for sixteen concurrent requests.
+    assert store.get(MODEL, 2).version == 2 and loads == [3, 1, 2]
+    # The latest plus one pinned version: 1 (least recently used) was unloaded.
+    assert [v for v, error in store.statuses()] == [3, 2]
+    assert store.get(MODEL).version == 3

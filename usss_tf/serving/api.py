@@ -21,6 +21,8 @@ from tensorflow_serving.apis import (
     predict_pb2,
 )
 
+from usss_tf.serving.admission import Admission
+from usss_tf.serving.metrics import ServingMetrics
 from usss_tf.serving.status import invalid_argument, not_found
 
 SIGNATURE_DEF_FIELD = "signature_def"
@@ -59,20 +61,34 @@ def _to_array(name, proto):
 
 
 class ServingApi:
-    """Predict, GetModelMetadata and GetModelStatus on one ``ModelStore``."""
+    """Predict, GetModelMetadata and GetModelStatus on one ``ModelStore``.
 
-    def __init__(self, store):
+    Predict requests of both front ends share one ``Admission`` (the bound on
+    requests in flight); every request is counted and timed in ``metrics``.
+    """
+
+    def __init__(self, store, admission=None, metrics=None):
         self.store = store
+        self.admission = admission or Admission()
+        self.metrics = metrics or ServingMetrics(
+            loaded_versions=lambda: {store.name: len(store.loaded())}, admission=self.admission)
 
-    def predict(self, request):
+    def predict(self, request, deadline=None, entrypoint="GRPC"):
+        """Answers a ``PredictRequest``; ``deadline`` (a ``time.monotonic()`` instant) bounds its wait."""
+        spec = request.model_spec
+        with self.metrics.request(spec.name, "predict", entrypoint):
+            return self._predict(request, deadline)
+
+    def _predict(self, request, deadline):
         spec = request.model_spec
         loaded = self.store.get(spec.name, requested_version(spec))
         runner = loaded.runner(spec.signature_name, spec.name)
         # Check names, dtypes and shapes on the protos before decoding any values.
         runner.check_inputs({name: _input_spec(name, proto) for name, proto in request.inputs.items()})
         runner.check_output_filter(request.output_filter)
-        arrays = {name: _to_array(name, proto) for name, proto in request.inputs.items()}
-        outputs = runner.run(arrays, request.output_filter)
+        with self.admission.slot(deadline):
+            arrays = {name: _to_array(name, proto) for name, proto in request.inputs.items()}
+            outputs = runner.run(arrays, request.output_filter)
         response = predict_pb2.PredictResponse()
         response.model_spec.name = spec.name
         response.model_spec.version.value = loaded.version

@@ -12,6 +12,7 @@ and message, anything else INTERNAL (logged), and the server carries on.
 """
 
 import logging
+import time
 
 import grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
@@ -21,9 +22,15 @@ from usss_tf.serving.status import RequestError
 log = logging.getLogger(__name__)
 
 
-def _answer(context, operation, request):
+def _deadline(context):
+    """The call's deadline as a ``time.monotonic()`` instant, or None when the client set none."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+def _answer(context, operation, request, **kwargs):
     try:
-        return operation(request)
+        return operation(request, **kwargs)
     except RequestError as error:
         code, message = error.code, error.message
     except Exception as error:  # noqa: BLE001 - one bad request must not take the server down
@@ -48,7 +55,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.api = api
 
     def Predict(self, request, context):  # noqa: N802 - gRPC method name
-        return _answer(context, self.api.predict, request)
+        return _answer(context, self.api.predict, request, deadline=_deadline(context))
 
     def GetModelMetadata(self, request, context):  # noqa: N802
         return _answer(context, self.api.get_model_metadata, request)

@@ -24,10 +24,12 @@ requests are checked against -- and the concrete functions of
 ``tf.saved_model.load`` that run them.
 """
 
+import concurrent.futures
 import dataclasses
 import logging
 import pathlib
 import threading
+import time
 
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
@@ -135,16 +137,25 @@ class ModelStore:
     ``get`` is safe from any thread. ``refresh`` runs once on ``start`` (so the
     newest version is loaded before the server answers) and then every
     ``poll_seconds`` on a daemon thread until ``stop``.
+
+    Memory is bounded: besides the latest version, at most ``max_pinned``
+    older versions that requests pinned stay loaded (least recently used
+    first out). Concurrent requests for a version being loaded wait for that
+    one load; a version that failed to load answers NOT_FOUND with its error,
+    and its folder is looked at again at most once per ``poll_seconds``.
     """
 
-    def __init__(self, model_base, name=contract.DEFAULT_MODEL_NAME, poll_seconds=2.0):
+    def __init__(self, model_base, name=contract.DEFAULT_MODEL_NAME, poll_seconds=2.0, max_pinned=1):
         self.model_base = pathlib.Path(model_base)
         self.name = name
         self.poll_seconds = float(poll_seconds)
+        self.max_pinned = int(max_pinned)
         self._versions = {}  # version -> LoadedVersion
         self._latest = None  # the version requests without one get
-        self._failed = {}  # version -> (folder fingerprint, error message)
-        self._lock = threading.Lock()  # guards the three fields above
+        self._failed = {}  # version -> (folder fingerprint, error message, when checked)
+        self._loading = {}  # version -> Future of its one load in progress
+        self._used = {}  # pinned version -> time.monotonic() of its last request (LRU)
+        self._lock = threading.Lock()  # guards the fields above
         self._load_lock = threading.Lock()  # one load at a time (poll thread and on-demand)
         self._stopping = threading.Event()
         self._thread = None
@@ -182,6 +193,7 @@ class ModelStore:
                 self._latest = max(self._versions, default=None)
             candidates = [v for v, path in on_disk.items()
                           if v not in self._failed or self._failed[v][0] != _fingerprint(path)]
+            candidates = [v for v in candidates if self._latest is None or v > self._latest]
         # Newest first: when the newest fails to load, the one before it is served.
         for version in sorted(candidates, reverse=True):
             if self._latest is not None and version <= self._latest:
@@ -194,6 +206,7 @@ class ModelStore:
         with self._lock:
             # The latest policy: a new version replaces the ones before it.
             self._versions = {v: lv for v, lv in self._versions.items() if v > version}
+            self._used = {v: t for v, t in self._used.items() if v in self._versions}
             self._versions[version] = loaded
             self._latest = max(self._versions)
         log.info("model %r: serving version %d from %s", self.name, version, loaded.path)
@@ -209,7 +222,7 @@ class ModelStore:
             except Exception as error:  # noqa: BLE001 - a broken export must not stop the server
                 message = f"{path}: cannot load: {type(error).__name__}: {error}".splitlines()[0]
                 with self._lock:
-                    self._failed[version] = (_fingerprint(path), message)
+                    self._failed[version] = (_fingerprint(path), message, time.monotonic())
                 log.error("model %r: version %d %s", self.name, version, message)
                 return None
             with self._lock:
@@ -233,25 +246,63 @@ class ModelStore:
                     )
                 return self._versions[self._latest]
             if version in self._versions:
+                if version != self._latest:
+                    self._used[version] = time.monotonic()
                 return self._versions[version]
-            failed_fingerprint, failed = self._failed.get(version, (None, None))
+            failed = self._failed.get(version)
+            if failed and time.monotonic() - failed[2] < self.poll_seconds:
+                raise not_found(f"model '{self.name}' has no version {version} ({failed[1]})")
+            future, owner = self._loading.get(version), False
+            if future is None:
+                future, owner = concurrent.futures.Future(), True
+                self._loading[version] = future
+        if not owner:
+            return future.result()  # Another request is loading this version: share its load.
+        try:
+            loaded = self._load_pinned(version)
+            future.set_result(loaded)
+            return loaded
+        except BaseException as error:
+            future.set_exception(error)
+            raise
+        finally:
+            with self._lock:
+                self._loading.pop(version, None)
+
+    def _load_pinned(self, version):
+        """Loads an older version a request asked for, keeping at most ``max_pinned`` of them."""
         on_disk = versions_on_disk(self.model_base)
         if version not in on_disk:
             listing = ", ".join(map(str, sorted(on_disk))) or "none"
             raise not_found(f"model '{self.name}' has no version {version} (versions on disk: {listing})")
-        if failed and failed_fingerprint == _fingerprint(on_disk[version]):
-            raise not_found(f"model '{self.name}' has no version {version} ({failed})")
+        with self._lock:
+            failed = self._failed.get(version)
+            if failed:  # Checked again now: the folder may have been replaced.
+                self._failed[version] = (failed[0], failed[1], time.monotonic())
+        if failed and failed[0] == _fingerprint(on_disk[version]):
+            raise not_found(f"model '{self.name}' has no version {version} ({failed[1]})")
         loaded = self._load(version, on_disk[version])
         if loaded is None:
             raise not_found(f"model '{self.name}' has no version {version} ({self._failed[version][1]})")
         with self._lock:
             self._versions.setdefault(version, loaded)
+            self._used[version] = time.monotonic()
+            pinned = sorted((t, v) for v, t in self._used.items() if v != self._latest)
+            for _, old in pinned[: max(len(pinned) - self.max_pinned, 0)]:
+                self._versions.pop(old, None)
+                self._used.pop(old, None)
+                log.info("model %r: unloaded pinned version %d (least recently used)", self.name, old)
         log.info("model %r: loaded version %d on request", self.name, version)
         return loaded
+
+    def loaded(self):
+        """The loaded versions, newest first."""
+        with self._lock:
+            return sorted(self._versions, reverse=True)
 
     def statuses(self):
         """[(version, error message or None)] of the loaded and the failed versions, newest first."""
         with self._lock:
             entries = {v: None for v in self._versions}
-            entries.update({v: message for v, (_, message) in self._failed.items() if v not in entries})
+            entries.update({v: failed[1] for v, failed in self._failed.items() if v not in entries})
         return sorted(entries.items(), reverse=True)

@@ -5,10 +5,11 @@ Routes (as TF Serving's HTTP server has them):
     GET  /v1/models/<name>[/versions/<v>]             model status
     GET  /v1/models/<name>[/versions/<v>]/metadata    signature defs
     POST /v1/models/<name>[/versions/<v>]:predict     {"signature_name", "instances" | "inputs"}
+    GET  /monitoring/prometheus/metrics               Prometheus metrics (with --monitoring)
 
 Answers are JSON; failures are ``{"error": "..."}`` with the HTTP status of
-their code (400 bad request, 404 not found, 413 body over the size limit, 501
-classify/regress). Status and metadata are the gRPC response protos printed as
+their code (400 bad request, 404 not found, 413 body over the size limit, 429
+server busy, 501 classify/regress). Status and metadata are the gRPC response protos printed as
 JSON, so both APIs report the same thing.
 """
 
@@ -17,6 +18,7 @@ import json
 import logging
 import re
 import socket
+import time
 
 import grpc
 from google.protobuf import json_format
@@ -26,7 +28,7 @@ from tensorflow_serving.apis import (
     model_pb2,
 )
 
-from usss_tf.serving import json_tensors
+from usss_tf.serving import json_tensors, metrics
 from usss_tf.serving.api import SIGNATURE_DEF_FIELD, requested_version
 from usss_tf.serving import contract
 from usss_tf.serving.status import RequestError, invalid_argument, not_found
@@ -95,6 +97,14 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
     # -- methods -----------------------------------------------------------
 
     def do_GET(self):  # noqa: N802 - the stdlib's name
+        if self.path.split("?", 1)[0] == metrics.METRICS_PATH and self.server.monitoring:
+            body = self.server.api.metrics.exposition()
+            self.send_response(200)
+            self.send_header("Content-Type", metrics.CONTENT_TYPE)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         self._handle(self._get)
 
     def do_POST(self):  # noqa: N802
@@ -108,6 +118,11 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
             self._send_json(400, {"error": "POST needs a valid Content-Length header"})
             return
         limit = self.server.max_body_bytes
+        if self.server.api.admission.full():
+            # Refused before its body is read: a burst of connections costs no buffers.
+            self.close_connection = True
+            self._send_json(429, {"error": "server busy: every request slot is taken; retry later"})
+            return
         if length > limit:
             # Read and drop a body up to 4x the limit before answering: a client
             # still sending would otherwise see a reset instead of the 413.
@@ -159,11 +174,16 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
         spec = _model_spec(route)
         spec.signature_name = signature_name or contract.DEFAULT_SIGNATURE
         api = self.server.api
+        with api.metrics.request(spec.name, "predict", "REST"):
+            return self._predict(api, spec, body)
+
+    def _predict(self, api, spec, body):
         # Resolve the signature first: decoding needs its input dtypes.
         loaded = api.store.get(spec.name, requested_version(spec))
         runner = loaded.runner(spec.signature_name, spec.name)
-        arrays, row_format = json_tensors.decode_request(body, runner.signature_def)
-        outputs = runner.run(arrays)
+        with api.admission.slot(time.monotonic() + self.server.request_timeout):
+            arrays, row_format = json_tensors.decode_request(body, runner.signature_def)
+            outputs = runner.run(arrays)
         # JSON spends several bytes per value: refuse a reply that would dwarf
         # the message limit (e.g. full-resolution probabilities) before building it.
         values = sum(int(getattr(v, "size", 1)) for v in outputs.values())
@@ -183,9 +203,11 @@ class RestServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, api, host, port, max_body_bytes):
+    def __init__(self, api, host, port, max_body_bytes, monitoring=False, request_timeout=60.0):
         if ":" in host:
             self.address_family = socket.AF_INET6
         self.api = api
         self.max_body_bytes = max_body_bytes
+        self.monitoring = monitoring  # serve metrics.METRICS_PATH
+        self.request_timeout = request_timeout  # longest a request waits for a slot
         super().__init__((host, port), RestHandler)

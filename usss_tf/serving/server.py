@@ -27,8 +27,10 @@ import grpc
 
 from usss_tf.errors import ServingError
 from usss_tf.serving import contract
+from usss_tf.serving.admission import DEFAULT_MAX_INFLIGHT, DEFAULT_MAX_QUEUED, Admission
 from usss_tf.serving.api import ServingApi
 from usss_tf.serving.grpc_service import add_services
+from usss_tf.serving.metrics import METRICS_PATH
 from usss_tf.serving.models import ModelStore
 from usss_tf.serving.rest import RestServer
 
@@ -51,14 +53,18 @@ class ModelServer:
 
     def __init__(self, model_base, model_name=contract.DEFAULT_MODEL_NAME, host="127.0.0.1",
                  port=contract.DEFAULT_GRPC_PORT, rest_port=contract.DEFAULT_REST_PORT,
-                 max_message_mb=DEFAULT_MAX_MESSAGE_MB, poll_seconds=DEFAULT_POLL_SECONDS, max_workers=8):
+                 max_message_mb=DEFAULT_MAX_MESSAGE_MB, poll_seconds=DEFAULT_POLL_SECONDS,
+                 max_inflight=DEFAULT_MAX_INFLIGHT, max_queued=DEFAULT_MAX_QUEUED, monitoring=False):
         self.store = ModelStore(model_base, model_name, poll_seconds=poll_seconds)
-        self.api = ServingApi(self.store)
+        self.api = ServingApi(self.store, Admission(max_inflight, max_queued))
+        self.monitoring = monitoring
         self.host = host
         self.grpc_port = port
         self.rest_port = rest_port
         self.max_message_bytes = int(max_message_mb * 1024 * 1024)
-        self.max_workers = max_workers
+        # Threads for every admitted predict request plus a few for status and
+        # metadata; gRPC refuses calls beyond (RESOURCE_EXHAUSTED) before reading them.
+        self.max_workers = self.api.admission.capacity + 4
         self._grpc = None
         self._rest = None
         self._rest_thread = None
@@ -90,7 +96,7 @@ class ModelServer:
             ("grpc.so_reuseport", 0),
         ]
         executor = concurrent.futures.ThreadPoolExecutor(self.max_workers, thread_name_prefix="grpc")
-        self._grpc = grpc.server(executor, options=options)
+        self._grpc = grpc.server(executor, options=options, maximum_concurrent_rpcs=self.max_workers)
         add_services(self._grpc, self.api)
         try:
             self.grpc_port = self._grpc.add_insecure_port(_host_port(self.host, self.grpc_port))
@@ -100,7 +106,8 @@ class ModelServer:
 
     def _start_rest(self):
         try:
-            self._rest = RestServer(self.api, self.host, self.rest_port, self.max_message_bytes)
+            self._rest = RestServer(self.api, self.host, self.rest_port, self.max_message_bytes,
+                                    monitoring=self.monitoring)
         except OSError as error:
             raise ServingError(f"REST cannot listen on {self.rest_address}: {error.strerror or error}") from None
         self.rest_port = self._rest.server_address[1]
@@ -146,6 +153,8 @@ def serve(server, echo=print, grace=5.0):
         echo(f"gRPC listening on {server.grpc_address}")
         if server.rest_address:
             echo(f"REST listening on {server.rest_address}/v1/models/{server.store.name}")
+            if server.monitoring:
+                echo(f"metrics at {server.rest_address}{METRICS_PATH}")
         while not stopping.wait(0.5):  # a timed wait lets the signal handler run promptly
             pass
         echo(f"{received[0]} received; shutting down")

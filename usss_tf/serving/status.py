@@ -36,14 +36,15 @@ _HTTP_STATUS = {
 class RequestError(ServingError):
     """One request failed with ``code`` (a ``grpc.StatusCode``); the server carries on."""
 
-    def __init__(self, code, message):
+    def __init__(self, code, message, http_status=None):
         super().__init__(message)
         self.code = code
         self.message = message
+        self._http_status = http_status  # e.g. 429 for overload (RESOURCE_EXHAUSTED is 413 otherwise)
 
     @property
     def http_status(self):
-        return _HTTP_STATUS.get(self.code, 500)
+        return self._http_status or _HTTP_STATUS.get(self.code, 500)
 
 
 def not_found(message):

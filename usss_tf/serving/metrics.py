@@ -1,0 +1,103 @@
+"""Prometheus metrics of the embedded server, under TF Serving's names where it has them.
+
+Served at ``/monitoring/prometheus/metrics`` on the REST port when the server
+runs with ``--monitoring`` (TF Serving's path), in Prometheus' text format
+written by ``prometheus_client``:
+
+* ``:tensorflow:serving:request_count{model_name, status}``: Predict requests
+  by outcome (``OK`` or the gRPC code's name). Exposed untyped:
+  prometheus_client would rename a counter to ``..._total``, and TF Serving's
+  name is the one dashboards use;
+* ``:tensorflow:serving:request_latency{model_name, API, entrypoint}``:
+  histogram of Predict wall time in microseconds (TF Serving's unit), API
+  ``predict``, entrypoint ``GRPC`` or ``REST``;
+* ``usss_serving_loaded_versions{model_name}``, ``usss_serving_inflight_requests``
+  and ``usss_serving_queued_requests``: what the server holds right now.
+"""
+
+import collections
+import contextlib
+import threading
+import time
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from usss_tf.serving.status import RequestError
+
+METRICS_PATH = "/monitoring/prometheus/metrics"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+REQUEST_COUNT = ":tensorflow:serving:request_count"
+REQUEST_LATENCY = ":tensorflow:serving:request_latency"
+# Microseconds, 10 us x 1.8^i as TF Serving's request_latency buckets.
+LATENCY_BUCKETS_US = tuple(10 * 1.8**i for i in range(33))
+
+
+class _Current(Collector):
+    """Request counts and the server's present state, read when scraped."""
+
+    def __init__(self, metrics):
+        self.metrics = metrics
+
+    def collect(self):
+        counts = Metric(REQUEST_COUNT, "Number of requests, by model and status", "untyped")
+        with self.metrics.lock:
+            items = sorted(self.metrics.counts.items())
+        for (model, status), value in items:
+            counts.add_sample(REQUEST_COUNT, {"model_name": model, "status": status}, value)
+        yield counts
+        loaded = GaugeMetricFamily("usss_serving_loaded_versions", "Versions loaded, by model",
+                                   labels=["model_name"])
+        for model, count in sorted(self.metrics.loaded_versions().items()):
+            loaded.add_metric([model], count)
+        yield loaded
+        admission = self.metrics.admission
+        yield GaugeMetricFamily("usss_serving_inflight_requests", "Predict requests running",
+                                value=admission.running if admission else 0)
+        yield GaugeMetricFamily("usss_serving_queued_requests", "Predict requests waiting for a slot",
+                                value=(admission.admitted - admission.running) if admission else 0)
+
+
+class ServingMetrics:
+    """Counts and times requests; ``exposition()`` is the scrape's body.
+
+    Args:
+      loaded_versions: ``() -> {model name: versions loaded}``.
+      admission: the server's ``Admission`` (in-flight and queued gauges), or None.
+    """
+
+    def __init__(self, loaded_versions=dict, admission=None):
+        self.loaded_versions = loaded_versions
+        self.admission = admission
+        self.lock = threading.Lock()
+        self.counts = collections.Counter()
+        self.registry = CollectorRegistry()
+        self.latency = Histogram(
+            REQUEST_LATENCY, "Distribution of wall time (in microseconds) of requests",
+            ["model_name", "API", "entrypoint"], registry=self.registry, buckets=LATENCY_BUCKETS_US,
+        )
+        self.registry.register(_Current(self))
+
+    @contextlib.contextmanager
+    def request(self, model_name, api, entrypoint):
+        """Counts the request by outcome and times it (also when it fails)."""
+        started = time.perf_counter()
+        status = "OK"
+        try:
+            yield
+        except RequestError as error:
+            status = error.code.name
+            raise
+        except Exception:
+            status = "INTERNAL"
+            raise
+        finally:
+            with self.lock:
+                self.counts[(model_name or "", status)] += 1
+            self.latency.labels(model_name or "", api, entrypoint).observe(
+                (time.perf_counter() - started) * 1e6)
+
+    def exposition(self):
+        """The Prometheus text-format page (bytes)."""
+        return generate_latest(self.registry)
