@@ -16,7 +16,12 @@ VmHWM), and after. Each of ``--clients`` threads (own gRPC channel) sends
   header check, before any decoding;
 * ``wrong_dtype``: a uint8 tensor to the bytes signature: INVALID_ARGUMENT;
 * ``unknown_signature``: NOT_FOUND;
-* ``not_an_image``: bytes that are neither PNG nor JPEG: INVALID_ARGUMENT.
+* ``not_an_image``: bytes that are neither PNG nor JPEG: INVALID_ARGUMENT;
+* ``pinned_version``: a good request pinned to version 1 while version 2 is
+  the latest (the server loads 1 on demand, once): expects OK.
+
+The export is copied into a temporary model base as versions 1 and 2, so the
+pinned requests have an older version to load.
 
 Every status code is counted per kind; a code other than the expected one is
 ``unexpected``. Latency percentiles are per kind. Loopback only, bounded in
@@ -30,6 +35,7 @@ import json
 import os
 import pathlib
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -47,6 +53,7 @@ EXPECTED = {
     "wrong_dtype": "INVALID_ARGUMENT",
     "unknown_signature": "NOT_FOUND",
     "not_an_image": "INVALID_ARGUMENT",
+    "pinned_version": "OK",
 }
 
 
@@ -132,8 +139,15 @@ def build_requests(signature, size):
     def png_request(data):
         return request(signature, tf.make_tensor_proto([data], dtype=tf.string))
 
+    def pinned(data):
+        message = png_request(data)
+        message.model_spec.version.value = 1
+        return message
+
+    good = scene_pngs(4, size)
     return {
-        "good": [png_request(p) for p in scene_pngs(4, size)],
+        "good": [png_request(p) for p in good],
+        "pinned_version": [pinned(p) for p in good],
         "bomb": [png_request(b) for b in testing.bombs().values()],
         "wrong_dtype": [request(signature, tf.make_tensor_proto(np.zeros((1, 8, 8, 3), np.uint8)))],
         "unknown_signature": [request("segment_nowhere", tf.make_tensor_proto([b"x"], dtype=tf.string))],
@@ -195,7 +209,7 @@ def main():
                         help="an exported version folder (<model_base>/<version>); default: an "
                              "untrained model exported by this script")
     parser.add_argument("--signature", default="serving_default", help="a bytes signature")
-    parser.add_argument("--mix", default="good,bomb,wrong_dtype,unknown_signature,not_an_image",
+    parser.add_argument("--mix", default="good,bomb,wrong_dtype,unknown_signature,not_an_image,pinned_version",
                         help=f"comma-separated kinds among: {', '.join(EXPECTED)}")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=50, help="requests per client")
@@ -214,14 +228,17 @@ def main():
 
     with tempfile.TemporaryDirectory(prefix="usss-serve-load-") as scratch:
         if args.export:
-            version_dir = pathlib.Path(args.export)
-            model = f"export {version_dir}"
+            source = pathlib.Path(args.export)
+            model = f"export {source}"
         else:
-            version_dir = untrained_export(pathlib.Path(scratch) / "usss", "erfnet", args.width)
+            source = untrained_export(pathlib.Path(scratch) / "made", "erfnet", args.width)
             model = f"untrained erfnet width {args.width}, exported by this script"
+        model_base = pathlib.Path(scratch) / "usss"
+        for version in (1, 2):
+            shutil.copytree(source, model_base / str(version))
         requests_by_kind = build_requests(args.signature, size)
         grpc_port = free_port()
-        server = start_server(version_dir.parent, grpc_port)
+        server = start_server(model_base, grpc_port)
         try:
             before_kb = memory_kb(server.pid, "VmRSS")
             sampler = RssSampler(server.pid)

@@ -73,14 +73,15 @@ def test_serve_benchmark_smoke(tmp_path):
 def test_serve_load_benchmark_smoke(tmp_path):
     out = tmp_path / "serve_load.json"
     subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "serve_load.py"), "--clients", "2", "--requests", "5",
+        [sys.executable, str(ROOT / "benchmarks" / "serve_load.py"), "--clients", "2", "--requests", "6",
          "--width", "0.125", "--size", "32x64", "--out", str(out)],
         check=True, capture_output=True, timeout=600,
     )
     report = json.loads(out.read_text())
     kinds = report["kinds"]
-    assert sorted(kinds) == ["bomb", "good", "not_an_image", "unknown_signature", "wrong_dtype"]
-    assert sum(k["requests"] for k in kinds.values()) == 10
+    assert sorted(kinds) == ["bomb", "good", "not_an_image", "pinned_version", "unknown_signature",
+                             "wrong_dtype"]
+    assert sum(k["requests"] for k in kinds.values()) == 12
     # Every request got the code its kind expects: bombs are refused, good ones answered.
     assert report["unexpected_codes"] == 0, kinds
     assert kinds["bomb"]["codes"] == {"INVALID_ARGUMENT": kinds["bomb"]["requests"]}
