@@ -275,8 +275,9 @@ def _log_serving_events():
 
 
 @main.command()
-@click.option("--model-base", default=contract.DEFAULT_MODEL_BASE, show_default=True,
-              type=click.Path(file_okay=False), help="Folder of integer version folders (TF Serving's base path).")
+@click.option("--model-base", default=None, type=click.Path(file_okay=False),
+              help=f"Folder of integer version folders (TF Serving's base path) [default: "
+                   f"{contract.DEFAULT_MODEL_BASE}].")
 @click.option("--model-name", default=contract.DEFAULT_MODEL_NAME, show_default=True, help="Name clients ask for (model_spec.name).")
 @click.option("--port", default=contract.DEFAULT_GRPC_PORT, show_default=True, type=click.IntRange(0, 65535),
               help="gRPC port (0: any free port).")
@@ -296,21 +297,44 @@ def _log_serving_events():
               help="Serve Prometheus metrics at /monitoring/prometheus/metrics on the REST port.")
 @click.option("--grace-seconds", default=10.0, show_default=True, type=click.FloatRange(min=0),
               help="On SIGTERM/SIGINT, how long requests in flight may take to finish.")
+@click.option("--model-config-file", default=None, type=click.Path(dir_okay=False),
+              help="TF Serving's ModelServerConfig text file: several models, version policies, "
+                   "labels (instead of --model-base/--model-name).")
+@click.option("--model-config-poll-seconds", default=0.0, show_default=True,
+              type=click.FloatRange(min=0), help="Re-read --model-config-file when it changes, this "
+                                                  "often (0: never; TF Serving's poll wait).")
+@click.option("--mount", "mounts", multiple=True, metavar="CONTAINER=LOCAL",
+              help="Read a config base_path under CONTAINER from LOCAL, as `docker run -v "
+                   "LOCAL:CONTAINER` does for TF Serving, e.g. --mount /models=saved_models.")
 @_friendly_errors
 def serve(model_base, model_name, port, rest_port, host, max_message_mb, poll_seconds, max_inflight,
-          max_queued, monitoring, grace_seconds):
+          max_queued, monitoring, grace_seconds, model_config_file, model_config_poll_seconds, mounts):
     """Serve exported versions over TF Serving's gRPC and REST APIs until SIGTERM/SIGINT."""
     from usss_tf.errors import ServingError
 
-    if not pathlib.Path(model_base).is_dir():
-        raise ServingError(f"{model_base}: no such folder; export a run first: "
-                           f"usss-tf export RUN_DIR --model-base {model_base}")
+    if model_config_file is not None and model_base is not None:
+        raise ServingError("--model-base and --model-config-file exclude each other (as in TF "
+                           "Serving): list the model in the config file")
+    mapping = {}
+    for mount in mounts:
+        container, sep, local = mount.partition("=")
+        if not sep or not container.startswith("/") or not local:
+            raise ServingError(f"--mount {mount!r}: expected CONTAINER=LOCAL with an absolute "
+                               "CONTAINER path, e.g. /models=saved_models")
+        mapping[container] = local
+    if model_config_file is None:
+        model_base = model_base or contract.DEFAULT_MODEL_BASE
+        if not pathlib.Path(model_base).is_dir():
+            raise ServingError(f"{model_base}: no such folder; export a run first: "
+                               f"usss-tf export RUN_DIR --model-base {model_base}")
     _log_serving_events()
     from usss_tf.serving.server import ModelServer, serve as serve_until_signalled
 
     server = ModelServer(model_base, model_name=model_name, host=host, port=port, rest_port=rest_port,
                          max_message_mb=max_message_mb, poll_seconds=poll_seconds,
-                         max_inflight=max_inflight, max_queued=max_queued, monitoring=monitoring)
+                         max_inflight=max_inflight, max_queued=max_queued, monitoring=monitoring,
+                         model_config_file=model_config_file, mounts=mapping,
+                         config_poll_seconds=model_config_poll_seconds)
     serve_until_signalled(server, echo=lambda message: click.echo(message), grace=grace_seconds)
     click.echo("stopped")
 

@@ -296,10 +296,10 @@ def test_a_broken_version_is_skipped_and_the_previous_one_keeps_serving(exported
     (broken / "saved_model.pb").write_bytes(b"not a saved model")
     os.rename(broken, model_base / "2")
     with ModelServer(model_base, model_name=MODEL, port=0, rest_port=None, poll_seconds=0.3) as running:
-        statuses = dict(running.store.statuses())
+        statuses = dict(running.models.store(MODEL).statuses())
         assert statuses[1] is None and "cannot load" in statuses[2]
-        loaded = running.store.get(MODEL)
+        loaded = running.models.get(MODEL)
         assert loaded.version == 1
         with pytest.raises(Exception, match="no version 2"):
-            running.store.get(MODEL, 2)
+            running.models.get(MODEL, 2)
     assert pathlib.Path(model_base / "1").is_dir()

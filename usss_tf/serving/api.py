@@ -30,15 +30,10 @@ _UNKNOWN_ERROR = 2  # tensorflow.error.Code.UNKNOWN
 
 
 def requested_version(model_spec):
-    """The version a ``ModelSpec`` asks for, or ``None`` for the newest."""
+    """``(version, label)`` a ``ModelSpec`` asks for; both None for the newest."""
     if model_spec.HasField("version"):
-        return int(model_spec.version.value)
-    if model_spec.version_label:
-        raise not_found(
-            f"model '{model_spec.name}' has no version label '{model_spec.version_label}'; "
-            "this server assigns no labels, ask for a version number"
-        )
-    return None
+        return int(model_spec.version.value), None
+    return None, model_spec.version_label or None
 
 
 def _input_spec(name, proto):
@@ -63,15 +58,20 @@ def _to_array(name, proto):
 class ServingApi:
     """Predict, GetModelMetadata and GetModelStatus on one ``ModelStore``.
 
-    Predict requests of both front ends share one ``Admission`` (the bound on
-    requests in flight); every request is counted and timed in ``metrics``.
+    ``models`` is the ``ModelRegistry`` of served models. Predict requests of
+    both front ends share one ``Admission`` (the bound on requests in flight);
+    every Predict is counted and timed in ``metrics``.
     """
 
-    def __init__(self, store, admission=None, metrics=None):
-        self.store = store
+    def __init__(self, models, admission=None, metrics=None):
+        self.models = models
         self.admission = admission or Admission()
         self.metrics = metrics or ServingMetrics(
-            loaded_versions=lambda: {store.name: len(store.loaded())}, admission=self.admission)
+            loaded_versions=models.loaded_counts, admission=self.admission)
+
+    def resolve(self, model_spec):
+        """The ``LoadedVersion`` a ``ModelSpec`` names (version, label or the newest)."""
+        return self.models.get(model_spec.name, *requested_version(model_spec))
 
     def predict(self, request, deadline=None, entrypoint="GRPC"):
         """Answers a ``PredictRequest``; ``deadline`` (a ``time.monotonic()`` instant) bounds its wait."""
@@ -81,7 +81,7 @@ class ServingApi:
 
     def _predict(self, request, deadline):
         spec = request.model_spec
-        loaded = self.store.get(spec.name, requested_version(spec))
+        loaded = self.resolve(spec)
         runner = loaded.runner(spec.signature_name, spec.name)
         # Check names, dtypes and shapes on the protos before decoding any values.
         runner.check_inputs({name: _input_spec(name, proto) for name, proto in request.inputs.items()})
@@ -110,7 +110,7 @@ class ServingApi:
                 f"supported: {SIGNATURE_DEF_FIELD}"
             )
         spec = request.model_spec
-        loaded = self.store.get(spec.name, requested_version(spec))
+        loaded = self.resolve(spec)
         signature_map = get_model_metadata_pb2.SignatureDefMap()
         for name, signature_def in loaded.signature_defs.items():
             signature_map.signature_def[name].CopyFrom(signature_def)
@@ -122,14 +122,14 @@ class ServingApi:
 
     def get_model_status(self, request):
         spec = request.model_spec
-        version = requested_version(spec)
-        if version is not None:
-            entries = [(self.store.get(spec.name, version).version, None)]
+        version, label = requested_version(spec)
+        store = self.models.store(spec.name)
+        if version is not None or label is not None:
+            entries = [(self.resolve(spec).version, None)]
         else:
-            self.store.check_name(spec.name)
-            entries = self.store.statuses()
+            entries = store.statuses()
             if not entries:
-                raise not_found(f"model '{spec.name}' has no versions yet under {self.store.model_base}")
+                raise not_found(f"model '{spec.name}' has no versions yet under {store.model_base}")
         response = get_model_status_pb2.GetModelStatusResponse()
         for number, error in entries:
             status = response.model_version_status.add()

@@ -37,6 +37,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from usss_tf.errors import ServingError
 from usss_tf.serving import contract
+from usss_tf.serving.model_config import ModelEntry, read_model_config
 from usss_tf.serving.signatures import SignatureRunner
 from usss_tf.serving.status import not_found
 
@@ -132,25 +133,32 @@ def _fingerprint(path):
 
 
 class ModelStore:
-    """The loaded versions of model ``name`` from ``model_base``, refreshed by a poll thread.
+    """The loaded versions of one model from its base path, refreshed by a poll thread.
 
     ``get`` is safe from any thread. ``refresh`` runs once on ``start`` (so the
-    newest version is loaded before the server answers) and then every
+    served versions are loaded before the server answers) and then every
     ``poll_seconds`` on a daemon thread until ``stop``.
 
-    Memory is bounded: besides the latest version, at most ``max_pinned``
-    older versions that requests pinned stay loaded (least recently used
-    first out). Concurrent requests for a version being loaded wait for that
-    one load; a version that failed to load answers NOT_FOUND with its error,
-    and its folder is looked at again at most once per ``poll_seconds``.
+    The version policy is TF Serving's (``model_config.ModelEntry``): ``latest``
+    (default: the newest version; when it fails to load, the one before keeps
+    serving), ``all`` or ``specific``; ``labels`` name versions. Under
+    ``latest``, a request may also pin an older version still on disk: it is
+    loaded on demand, and at most ``max_pinned`` such versions stay loaded
+    (least recently used first out). Concurrent requests for a version being
+    loaded wait for that one load; a version that failed to load answers
+    NOT_FOUND with its error, and its folder is looked at again at most once
+    per ``poll_seconds``.
     """
 
-    def __init__(self, model_base, name=contract.DEFAULT_MODEL_NAME, poll_seconds=2.0, max_pinned=1):
-        self.model_base = pathlib.Path(model_base)
-        self.name = name
+    def __init__(self, model_base, name=contract.DEFAULT_MODEL_NAME, poll_seconds=2.0, max_pinned=1,
+                 entry=None):
+        self.entry = entry or ModelEntry(name=name, base_path=pathlib.Path(model_base))
+        self.model_base = pathlib.Path(self.entry.base_path)
+        self.name = self.entry.name
         self.poll_seconds = float(poll_seconds)
         self.max_pinned = int(max_pinned)
         self._versions = {}  # version -> LoadedVersion
+        self._served = ()  # the versions the policy serves (newest first)
         self._latest = None  # the version requests without one get
         self._failed = {}  # version -> (folder fingerprint, error message, when checked)
         self._loading = {}  # version -> Future of its one load in progress
@@ -182,35 +190,53 @@ class ModelStore:
 
     # -- versions ----------------------------------------------------------
 
+    def _serve(self, on_disk, current, failed):
+        """``{version: LoadedVersion}`` the policy serves, loading those not in ``current``."""
+        entry = self.entry
+        latest = entry.policy == "latest"
+        # Under latest, newest first: when the newest fails to load, the one before it serves.
+        candidates = sorted(on_disk, reverse=True) if latest else entry.select(on_disk)
+        serve = {}
+        for version in candidates:
+            if latest and len(serve) == entry.num_versions:
+                break
+            if version in current:
+                serve[version] = current[version]
+            elif version not in failed:
+                loaded = self._load(version, on_disk[version])
+                if loaded is not None:
+                    serve[version] = loaded
+        return serve
+
     def refresh(self):
-        """Loads the newest complete version if it is new; drops versions that left the disk."""
+        """Loads what the policy serves, drops what left the disk or the policy.
+
+        Returns the newest served version when it changed, else None.
+        """
         on_disk = versions_on_disk(self.model_base)
         with self._lock:
             for version in set(self._versions) - set(on_disk):
                 log.info("model %r: version %d left %s; unloaded", self.name, version, self.model_base)
                 del self._versions[version]
-            if self._latest not in self._versions:
-                self._latest = max(self._versions, default=None)
-            candidates = [v for v, path in on_disk.items()
-                          if v not in self._failed or self._failed[v][0] != _fingerprint(path)]
-            candidates = [v for v in candidates if self._latest is None or v > self._latest]
-        # Newest first: when the newest fails to load, the one before it is served.
-        for version in sorted(candidates, reverse=True):
-            if self._latest is not None and version <= self._latest:
-                return None
-            loaded = self._load(version, on_disk[version])
-            if loaded is not None:
-                break
-        else:
-            return None
+            current = dict(self._versions)
+            failed = {v for v, path in on_disk.items()
+                      if v in self._failed and self._failed[v][0] == _fingerprint(path)}
+            before = self._latest
+        serve = self._serve(on_disk, current, failed)
         with self._lock:
-            # The latest policy: a new version replaces the ones before it.
-            self._versions = {v: lv for v, lv in self._versions.items() if v > version}
-            self._used = {v: t for v, t in self._used.items() if v in self._versions}
-            self._versions[version] = loaded
-            self._latest = max(self._versions)
-        log.info("model %r: serving version %d from %s", self.name, version, loaded.path)
-        return version
+            pinned = {v: lv for v, lv in self._versions.items() if v in self._used and v not in serve}
+            self._versions = {**pinned, **serve}
+            self._used = {v: t for v, t in self._used.items() if v in pinned}
+            self._served = tuple(sorted(serve, reverse=True))
+            if serve:
+                self._latest = max(serve)
+            elif self._latest not in self._versions:
+                self._latest = None
+            latest = self._latest
+        if latest is not None and latest != before:
+            log.info("model %r: serving version %d from %s", self.name, latest, on_disk[latest])
+            return latest
+        return None
 
     def _load(self, version, path):
         with self._load_lock:
@@ -234,9 +260,23 @@ class ModelStore:
         if model_name != self.name:
             raise not_found(f"model '{model_name}' not found; this server serves '{self.name}'")
 
-    def get(self, model_name, version=None):
-        """The ``LoadedVersion`` a request for ``model_name`` (and ``version``) gets; NOT_FOUND otherwise."""
+    def version_for_label(self, label):
+        """The version a label names (the config's ``version_labels``); NOT_FOUND otherwise."""
+        labels = dict(self.entry.labels)
+        if label not in labels:
+            known = ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "none"
+            raise not_found(f"model '{self.name}' has no version label '{label}' (labels: {known})")
+        return labels[label]
+
+    def get(self, model_name, version=None, label=None):
+        """The ``LoadedVersion`` a request for ``model_name`` (``version`` or ``label``) gets.
+
+        NOT_FOUND for another model, an unknown label, a version not on disk,
+        outside the version policy, or one that failed to load.
+        """
         self.check_name(model_name)
+        if label:
+            version = self.version_for_label(label)
         with self._lock:
             if version is None:
                 if self._latest is None:
@@ -246,12 +286,16 @@ class ModelStore:
                     )
                 return self._versions[self._latest]
             if version in self._versions:
-                if version != self._latest:
+                if version not in self._served:
                     self._used[version] = time.monotonic()
                 return self._versions[version]
             failed = self._failed.get(version)
             if failed and time.monotonic() - failed[2] < self.poll_seconds:
                 raise not_found(f"model '{self.name}' has no version {version} ({failed[1]})")
+            if self.entry.policy != "latest":
+                served = ", ".join(map(str, self._served)) or "none yet"
+                raise not_found(f"model '{self.name}' does not serve version {version}: its version "
+                                f"policy is '{self.entry.policy}' (serving: {served})")
             future, owner = self._loading.get(version), False
             if future is None:
                 future, owner = concurrent.futures.Future(), True
@@ -287,7 +331,7 @@ class ModelStore:
         with self._lock:
             self._versions.setdefault(version, loaded)
             self._used[version] = time.monotonic()
-            pinned = sorted((t, v) for v, t in self._used.items() if v != self._latest)
+            pinned = sorted((t, v) for v, t in self._used.items() if v not in self._served)
             for _, old in pinned[: max(len(pinned) - self.max_pinned, 0)]:
                 self._versions.pop(old, None)
                 self._used.pop(old, None)
@@ -306,3 +350,113 @@ class ModelStore:
             entries = {v: None for v in self._versions}
             entries.update({v: failed[1] for v, failed in self._failed.items() if v not in entries})
         return sorted(entries.items(), reverse=True)
+
+
+class ModelRegistry:
+    """Every served model by name: one ``ModelStore`` each, from a model base or a config file.
+
+    With ``config_file`` (TF Serving's ``--model_config_file``), the file is read
+    at ``start`` and, every ``config_poll_seconds`` (0: never), again when it
+    changed: new models are loaded, removed ones unloaded, changed ones
+    (base path, policy, labels) replaced once their new store is loaded. A file
+    that no longer parses is logged and the models keep serving.
+
+    Args:
+      entries: ``model_config.ModelEntry`` list (or None with ``config_file``).
+      config_file, mounts: the config file and its container-path mounts.
+      poll_seconds, max_pinned: for every store.
+    """
+
+    def __init__(self, entries=None, config_file=None, mounts=None, poll_seconds=2.0, max_pinned=1,
+                 config_poll_seconds=0.0):
+        self.config_file = config_file
+        self.mounts = dict(mounts or {})
+        self.poll_seconds = poll_seconds
+        self.max_pinned = max_pinned
+        self.config_poll_seconds = float(config_poll_seconds)
+        self._entries = list(entries or [])
+        self._stores = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread = None
+        self._config_stamp = None
+
+    def _store(self, entry):
+        return ModelStore(entry.base_path, entry.name, poll_seconds=self.poll_seconds,
+                          max_pinned=self.max_pinned, entry=entry)
+
+    def start(self):
+        if self.config_file is not None:
+            self._config_stamp = self._stamp()
+            self._entries = read_model_config(self.config_file, self.mounts)
+        self._stores = {e.name: self._store(e).start() for e in self._entries}
+        if self.config_file is not None and self.config_poll_seconds > 0:
+            self._thread = threading.Thread(target=self._poll, name="model-config-poll", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self):
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.config_poll_seconds + 5.0)
+        for store in self.stores():
+            store.stop()
+
+    def _stamp(self):
+        try:
+            stat = pathlib.Path(self.config_file).stat()
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size
+
+    def _poll(self):
+        while not self._stopping.wait(self.config_poll_seconds):
+            stamp = self._stamp()
+            if stamp == self._config_stamp:
+                continue
+            self._config_stamp = stamp
+            try:
+                self.reload()
+            except Exception:  # noqa: BLE001 - a bad edit must not stop the models serving
+                log.exception("model config %s: not reloaded", self.config_file)
+
+    def reload(self):
+        """Reads the config file again and applies what changed; returns the names served."""
+        entries = {e.name: e for e in read_model_config(self.config_file, self.mounts)}
+        with self._lock:
+            current = dict(self._stores)
+        started = {name: self._store(entry).start() for name, entry in entries.items()
+                   if name not in current or current[name].entry != entry}
+        with self._lock:
+            self._stores = {name: started.get(name, current.get(name)) for name in entries}
+        for name, store in current.items():
+            if name not in entries or name in started:
+                store.stop()
+                log.info("model %r: %s", name, "removed" if name not in entries else "replaced")
+        log.info("model config %s: serving %s", self.config_file, ", ".join(sorted(entries)))
+        return sorted(entries)
+
+    def stores(self):
+        with self._lock:
+            return list(self._stores.values())
+
+    def names(self):
+        with self._lock:
+            return sorted(self._stores)
+
+    def store(self, model_name):
+        """The ``ModelStore`` of ``model_name``; NOT_FOUND naming the served models otherwise."""
+        with self._lock:
+            store = self._stores.get(model_name)
+            names = sorted(self._stores)
+        if store is None:
+            raise not_found(f"model '{model_name}' not found; this server serves: "
+                            f"{', '.join(repr(n) for n in names) or 'no model'}")
+        return store
+
+    def get(self, model_name, version=None, label=None):
+        return self.store(model_name).get(model_name, version, label)
+
+    def loaded_counts(self):
+        """``{model name: versions loaded}``, for the metrics."""
+        return {store.name: len(store.loaded()) for store in self.stores()}

@@ -29,7 +29,7 @@ from tensorflow_serving.apis import (
 )
 
 from usss_tf.serving import json_tensors, metrics
-from usss_tf.serving.api import SIGNATURE_DEF_FIELD, requested_version
+from usss_tf.serving.api import SIGNATURE_DEF_FIELD
 from usss_tf.serving import contract
 from usss_tf.serving.status import RequestError, invalid_argument, not_found
 
@@ -179,7 +179,7 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
 
     def _predict(self, api, spec, body):
         # Resolve the signature first: decoding needs its input dtypes.
-        loaded = api.store.get(spec.name, requested_version(spec))
+        loaded = api.resolve(spec)
         runner = loaded.runner(spec.signature_name, spec.name)
         with api.admission.slot(time.monotonic() + self.server.request_timeout):
             arrays, row_format = json_tensors.decode_request(body, runner.signature_def)

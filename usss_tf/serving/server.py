@@ -19,6 +19,7 @@ need the class ids send ``output_filter: ["class_ids"]``).
 """
 
 import concurrent.futures
+import pathlib
 import logging
 import signal
 import threading
@@ -31,7 +32,8 @@ from usss_tf.serving.admission import DEFAULT_MAX_INFLIGHT, DEFAULT_MAX_QUEUED, 
 from usss_tf.serving.api import ServingApi
 from usss_tf.serving.grpc_service import add_services
 from usss_tf.serving.metrics import METRICS_PATH
-from usss_tf.serving.models import ModelStore
+from usss_tf.serving.model_config import ModelEntry
+from usss_tf.serving.models import ModelRegistry
 from usss_tf.serving.rest import RestServer
 
 log = logging.getLogger(__name__)
@@ -54,9 +56,16 @@ class ModelServer:
     def __init__(self, model_base, model_name=contract.DEFAULT_MODEL_NAME, host="127.0.0.1",
                  port=contract.DEFAULT_GRPC_PORT, rest_port=contract.DEFAULT_REST_PORT,
                  max_message_mb=DEFAULT_MAX_MESSAGE_MB, poll_seconds=DEFAULT_POLL_SECONDS,
-                 max_inflight=DEFAULT_MAX_INFLIGHT, max_queued=DEFAULT_MAX_QUEUED, monitoring=False):
-        self.store = ModelStore(model_base, model_name, poll_seconds=poll_seconds)
-        self.api = ServingApi(self.store, Admission(max_inflight, max_queued))
+                 max_inflight=DEFAULT_MAX_INFLIGHT, max_queued=DEFAULT_MAX_QUEUED, monitoring=False,
+                 model_config_file=None, mounts=None, config_poll_seconds=0.0):
+        if model_config_file is not None:
+            self.models = ModelRegistry(config_file=model_config_file, mounts=mounts,
+                                        poll_seconds=poll_seconds,
+                                        config_poll_seconds=config_poll_seconds)
+        else:
+            self.models = ModelRegistry([ModelEntry(model_name, pathlib.Path(model_base))],
+                                        poll_seconds=poll_seconds)
+        self.api = ServingApi(self.models, Admission(max_inflight, max_queued))
         self.monitoring = monitoring
         self.host = host
         self.grpc_port = port
@@ -78,7 +87,7 @@ class ModelServer:
         return None if self.rest_port is None else f"http://{_host_port(self.host, self.rest_port)}"
 
     def start(self):
-        self.store.start()
+        self.models.start()
         try:
             self._start_grpc()
             if self.rest_port is not None:
@@ -123,7 +132,7 @@ class ModelServer:
             self._rest.shutdown()
             self._rest.server_close()
             self._rest = None
-        self.store.stop()
+        self.models.stop()
 
     def __enter__(self):
         return self.start()
@@ -147,12 +156,14 @@ def serve(server, echo=print, grace=5.0):
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.start()
-        loaded = [str(version) for version, error in server.store.statuses() if error is None]
-        echo(f"model '{server.store.name}' from {server.store.model_base}: "
-             f"version {', '.join(loaded) if loaded else 'none yet (waiting for one)'}")
+        for store in server.models.stores():
+            loaded = [str(version) for version, error in store.statuses() if error is None]
+            echo(f"model '{store.name}' from {store.model_base}: "
+                 f"version {', '.join(loaded) if loaded else 'none yet (waiting for one)'}")
         echo(f"gRPC listening on {server.grpc_address}")
         if server.rest_address:
-            echo(f"REST listening on {server.rest_address}/v1/models/{server.store.name}")
+            echo(f"REST listening on {server.rest_address}/v1/models/<name> "
+                 f"({', '.join(server.models.names())})")
             if server.monitoring:
                 echo(f"metrics at {server.rest_address}{METRICS_PATH}")
         while not stopping.wait(0.5):  # a timed wait lets the signal handler run promptly
