@@ -21,7 +21,9 @@ VmHWM), and after. Each of ``--clients`` threads (own gRPC channel) sends
   the latest (the server loads 1 on demand, once): expects OK.
 
 The export is copied into a temporary model base as versions 1 and 2, so the
-pinned requests have an older version to load.
+pinned requests have an older version to load. One request of each kind runs
+before the measurement, so "before" is the server holding both versions and
+the growth is what the load itself costs.
 
 Every status code is counted per kind; a code other than the expected one is
 ``unexpected``. Latency percentiles are per kind. Loopback only, bounded in
@@ -240,6 +242,10 @@ def main():
         grpc_port = free_port()
         server = start_server(model_base, grpc_port)
         try:
+            # One request of each kind first, so "before" is the server holding
+            # what it serves (a pinned version included): growth measures the load.
+            run_load(f"127.0.0.1:{grpc_port}", requests_by_kind, sorted(requests_by_kind), 1,
+                     len(requests_by_kind), args.timeout)
             before_kb = memory_kb(server.pid, "VmRSS")
             sampler = RssSampler(server.pid)
             sampler.start()
