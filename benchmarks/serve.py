@@ -27,7 +27,6 @@ import io
 import json
 import os
 import pathlib
-import platform
 import sys
 import tempfile
 import threading
@@ -38,6 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
+from train_step import machine, write_report  # noqa: E402
 
 BATCHES = (1, 8)
 CLIENTS = (1, 4)
@@ -210,7 +210,7 @@ def main():
         finally:
             server.stop(grace=1)
     report = {
-        "benchmark": "serve", "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
+        "benchmark": "serve", "machine": machine(),
         "tensorflow": tf.__version__, "size": list(size), "signature": args.signature,
         "png_bytes_per_image": int(np.mean([len(p) for p in images])),
         "grpc_request": "PNG bytes, output_filter class_ids, one channel per client thread",
@@ -218,10 +218,7 @@ def main():
         "load_average_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
         "model": model, "results": results,
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        pathlib.Path(args.out).write_text(text + "\n")
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -33,10 +33,8 @@ count (clients x requests) and time (``--timeout`` per request).
 import argparse
 import collections
 import concurrent.futures
-import json
 import os
 import pathlib
-import platform
 import shutil
 import socket
 import subprocess
@@ -227,6 +225,7 @@ def main():
     size = tuple(int(v) for v in args.size.lower().split("x"))
 
     from serve import untrained_export
+    from train_step import machine, write_report
 
     with tempfile.TemporaryDirectory(prefix="usss-serve-load-") as scratch:
         if args.export:
@@ -263,7 +262,7 @@ def main():
     summary = summarize(records)
     report = {
         "benchmark": "serve_load",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.processor() or ''}".strip(", "),
+        "machine": machine(),
         "model": model, "signature": args.signature, "mix": mix,
         "clients": args.clients, "requests_per_client": args.requests,
         "wall_seconds": round(wall, 2),
@@ -278,10 +277,7 @@ def main():
         },
         "kinds": summary,
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        pathlib.Path(args.out).write_text(text + "\n")
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -86,8 +86,20 @@ def measure(backbone, batch, size, width=1.0, steps=10, supervised_only=False, p
     }
 
 
+def _cpu_model():
+    """The CPU's model name (Linux), so a figure says which machine measured it."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def machine():
-    return f"{platform.machine()}, {os.cpu_count()} cpus, {len(tf.config.list_physical_devices('GPU'))} gpus"
+    return (f"{platform.machine()}, {_cpu_model()}, {os.cpu_count()} cpus, "
+            f"{len(tf.config.list_physical_devices('GPU'))} gpus")
 
 
 def write_report(report, out=None):

@@ -11,9 +11,9 @@ and each image goes through the model's one inference path (the domain's
 ``scale``, normalisation, encoder, decoder) and is upsampled to its label's own
 size. Validation during training is this same function on the first
 ``data.max_val_images`` images, and the exported signatures run the same path,
-so a served model predicts what this module measures. Predictions can be written as PNGs in the dataset's raw ids
-(Cityscapes: labelIds, what its official scripts and server expect) and/or as
-colourised images.
+so a served model predicts what this module measures. Predictions can be
+written as PNGs in the dataset's raw ids (Cityscapes: labelIds, what its
+official scripts and server expect) and/or as colourised images.
 """
 
 import pathlib

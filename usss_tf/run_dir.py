@@ -25,6 +25,9 @@ import shutil
 import time
 import uuid
 
+from usss_tf import config as config_lib
+from usss_tf.errors import ConfigError
+
 CONFIG = "config.yaml"
 RUN_INFO = "run.json"
 MANIFEST = "manifest.json"
@@ -110,6 +113,29 @@ class RunDir:
     def supervised(self, domain):
         """The run directory of one domain's model in a ``supervised`` run."""
         return RunDir(self.path / SUPERVISED / domain)
+
+    def save_config(self, config):
+        """Saves ``config`` as ``config.yaml``, or checks it matches the one already there.
+
+        A run directory started with a different config (other than keys that
+        only change logging) is refused: resuming must not silently change the
+        experiment. Returns ``self``.
+        """
+        saved = self.config_path
+        if saved.exists():
+            before = config_lib.flatten(config_lib.load_config(saved).to_dict())
+            after = config_lib.flatten(config.to_dict())
+            changed = sorted(
+                k for k in set(before) | set(after)
+                if before.get(k) != after.get(k) and k not in config_lib.WATCH_ONLY_KEYS
+            )
+            if changed:
+                raise ConfigError(
+                    f"{saved}: this run directory was started with a different config "
+                    f"(changed: {', '.join(changed)}); use a new --run-dir"
+                )
+        write_text_atomic(saved, config_lib.dump_config(config))
+        return self
 
     def read_json(self, name, default=None):
         path = self.path / name

@@ -22,7 +22,6 @@ import numpy as np
 import tensorflow as tf
 
 from usss_tf import centroids as centroid_stage
-from usss_tf import config as config_lib
 from usss_tf import evaluate as evaluate_lib
 from usss_tf import inference, method
 from usss_tf import run_dir as run_dir_lib
@@ -39,31 +38,6 @@ __all__ = ["Experiment", "format_results", "make_strategy", "run_experiment"]
 def _versions():
     return {"tensorflow": tf.__version__, "keras": keras.__version__,
             "python": platform.python_version()}
-
-
-def prepare_run_dir(config, run_dir):
-    """Creates ``run_dir`` and saves ``config`` there, or checks it matches the saved one.
-
-    A run directory started with a different config (other than keys that
-    only change logging) is refused: resuming must not silently change the
-    experiment.
-    """
-    run_dir = run_dir_lib.RunDir(run_dir).create()
-    saved = run_dir.config_path
-    if saved.exists():
-        before = config_lib.flatten(config_lib.load_config(saved).to_dict())
-        after = config_lib.flatten(config.to_dict())
-        changed = sorted(
-            k for k in set(before) | set(after)
-            if before.get(k) != after.get(k) and k not in config_lib.WATCH_ONLY_KEYS
-        )
-        if changed:
-            raise ConfigError(
-                f"{saved}: this run directory was started with a different config "
-                f"(changed: {', '.join(changed)}); use a new --run-dir"
-            )
-    run_dir_lib.write_text_atomic(saved, config_lib.dump_config(config))
-    return run_dir
 
 
 class Experiment:
@@ -89,7 +63,7 @@ class Experiment:
 
     def setup(self):
         cfg = self.config
-        prepare_run_dir(cfg, self.run_dir.path)
+        self.run_dir.create().save_config(cfg)
         keras.utils.set_random_seed(cfg.seed)
         self.inputs = sources.prepare_domains(cfg, echo=self.echo)
         pipeline.write_manifest(
@@ -282,7 +256,7 @@ def run_supervised(config, run_dir, devices=None, echo=print):
     steps`` steps (``method.supervised_domain_config``); the figures are
     gathered in ``run_dir``.
     """
-    parent = prepare_run_dir(config, run_dir)
+    parent = run_dir_lib.RunDir(run_dir).create().save_config(config)
     parent.write_json(run_dir_lib.RUN_INFO, {
         "seed": config.seed,
         "method": config.method,

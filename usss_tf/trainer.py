@@ -4,8 +4,8 @@
 stage's ``method.Objective``, restores the stage's latest checkpoint if there
 is one, and fits the batches the stage has left, calling ``on_step(step,
 save)`` after every step (the experiment checkpoints, validates and refreshes
-centroids there). One checkpointed counter, advanced per batch, says how far a
-stage got: resume and intervals count batches, also when a mixed_float16 loss
+centroids there). One checkpointed counter, set to the step at every save,
+says how far a stage got: resume and intervals count batches, also when a mixed_float16 loss
 scale skips an optimizer update (``optimizer.iterations`` does not advance then).
 """
 
@@ -121,9 +121,12 @@ class StageTrainer:
             first_step=start,
         )
         if start < steps:
+            def save_at(current):
+                step.assign(current)  # Only when saving: nothing extra on the per-step path.
+                manager.save(checkpoint_number=current)
+
             def after_step(current):
-                step.assign(current)
-                on_step(current, lambda: manager.save(checkpoint_number=current))
+                on_step(current, lambda: save_at(current))
 
             self.model.fit(
                 make_dataset(start, steps - start), steps_per_epoch=steps - start, epochs=1,

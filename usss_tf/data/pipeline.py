@@ -221,7 +221,7 @@ def train_dataset(domain_inputs, data_config, seed, start_step, num_steps, with_
 # -- evaluation ---------------------------------------------------------------------
 
 
-def eval_dataset(domain, examples, batch_size, keyed=True):
+def eval_dataset(domain, examples, batch_size):
     """Batches ``{domain: {"images", "labels"}}`` of labelled images as stored.
 
     Images are uint8 at their own resolution: the model's inference path
@@ -239,6 +239,5 @@ def eval_dataset(domain, examples, batch_size, keyed=True):
     ds = tf.data.Dataset.from_tensor_slices((images, labels))
     ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.padded_batch(batch_size, padding_values=(tf.constant(0, tf.uint8), IGNORE_LABEL))
-    if keyed:
-        ds = ds.map(lambda x, y: {domain.name: {"images": x, "labels": y}})
+    ds = ds.map(lambda x, y: {domain.name: {"images": x, "labels": y}})
     return ds.prefetch(AUTOTUNE)

@@ -52,7 +52,7 @@ class Admission:
     def slot(self, deadline=None):
         """Holds a slot for one request; ``deadline`` is a ``time.monotonic()`` instant or None."""
         with self._lock:
-            if self.admitted >= self.capacity:
+            if self.full():
                 raise RequestError(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"server busy: {self.running} requests running and {self.admitted - self.running} "

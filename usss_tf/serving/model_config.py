@@ -26,8 +26,6 @@ from google.protobuf import text_format
 
 from usss_tf.errors import ServingError
 
-POLICIES = ("latest", "all", "specific")
-
 
 @dataclasses.dataclass(frozen=True)
 class ModelEntry:
