@@ -249,6 +249,38 @@ def synth(out_dir, domains, num_train, num_val, size, seed):
         click.echo(f"{name}: {root}")
 
 
+@main.group()
+def weights():
+    """Pretrained encoder weights: convert official checkpoints, save a run's encoder."""
+
+
+@weights.command("convert")
+@click.argument("source", type=click.Path(dir_okay=False))
+@click.option("--backbone", required=True, help="Backbone the file is for, e.g. drn_d_38.")
+@click.option("--width", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Channel multiplier (the official checkpoints are width 1).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="DST.weights.h5")
+@_friendly_errors
+def weights_convert(source, backbone, width, out):
+    """Convert SOURCE (an official DRN .pth; no PyTorch needed) to a Keras .weights.h5."""
+    from usss_tf.model.backbones import convert_weights
+
+    count = convert_weights(source, backbone, out, width=width)
+    click.echo(f"{out}: {backbone}, {count:,} parameters (use as model.backbone_weights)")
+
+
+@weights.command("encoder")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="DST.weights.h5")
+@_friendly_errors
+def weights_encoder(run_dir, out):
+    """Save RUN_DIR's trained shared encoder, to start another experiment from it."""
+    from usss_tf.runs import save_encoder
+
+    backbone = save_encoder(run_dir, out)
+    click.echo(f"{out}: {backbone} encoder of {run_dir} (use as model.backbone_weights)")
+
+
 @main.command("domains")
 def list_domains():
     """List the registered domains and their label spaces."""

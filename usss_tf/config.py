@@ -19,7 +19,7 @@ from usss_tf.errors import ConfigError
 # fine-tune on the others; univ_basic: shared encoder, supervised loss only;
 # univ_full: all losses of the paper (entropy module).
 METHODS = ("supervised", "finetune", "univ_basic", "univ_full")
-BACKBONES = ("erfnet", "drn_d_22", "drn_d_38")
+BACKBONES = ("erfnet", "drn_d_22", "drn_d_38", "drn_d_54", "drn_d_105", "hub")
 OPTIMIZERS = ("adamw", "sgd")
 SOURCES = ("folder", "tfds")
 ON_BROKEN = ("stop", "skip")
@@ -102,13 +102,19 @@ class ModelConfig:
     temperature: float = 0.1
     dropout: float = 0.0
     sync_batchnorm: bool = False
-    backbone_weights: typing.Optional[str] = None  # local weights file, never downloaded.
+    # Local pretrained weights, never downloaded: a DRN .pth checkpoint, a Keras
+    # .weights.h5, or (backbone: hub, required there) a keras-hub preset folder.
+    backbone_weights: typing.Optional[str] = None
 
     def validate(self, key="model"):
         if self.backbone not in BACKBONES:
             raise ConfigError(
                 f"key '{key}.backbone': unknown backbone {self.backbone!r}; expected one of: "
                 f"{', '.join(BACKBONES)}"
+            )
+        if self.backbone == "hub" and not self.backbone_weights:
+            raise ConfigError(
+                f"key '{key}.backbone_weights': backbone 'hub' needs a keras-hub preset folder here"
             )
         _check_positive(key, self, ("width", "temperature"))
         _check_at_least_one(key, self, ("embedding_dim", "centroids_per_class"))
@@ -200,6 +206,12 @@ class TrainConfig:
     image_every: typing.Optional[int] = None
     panel_images: int = 3  # 0 = no panels.
     precision: str = "float32"  # or mixed_float16 / mixed_bfloat16 (see usss_tf.precision).
+    # The encoder's learning rate relative to the decoders and heads; empty =
+    # 0.1 when model.backbone_weights is set, 1.0 from scratch (usss_tf.optimizer).
+    encoder_lr_multiplier: typing.Optional[float] = None
+    # Keep the encoder's BatchNorm as loaded (statistics and affine): for
+    # pretrained encoders trained with small batches.
+    freeze_encoder_batchnorm: bool = False
 
     def validate(self, key="train"):
         _check_at_least_one(key, self, ("checkpoint_every", "log_every"))
@@ -217,6 +229,8 @@ class TrainConfig:
             raise ConfigError(f"key '{key}.image_every': must be >= 0 (0 = panels only at validations)")
         if self.panel_images < 0:
             raise ConfigError(f"key '{key}.panel_images': must be >= 0 (0 = no image panels)")
+        if self.encoder_lr_multiplier is not None and self.encoder_lr_multiplier < 0:
+            raise ConfigError(f"key '{key}.encoder_lr_multiplier': must be >= 0 (0 = a fixed encoder)")
         if self.precision not in PRECISIONS:
             raise ConfigError(
                 f"key '{key}.precision': unknown precision {self.precision!r}; expected one of: "

@@ -85,8 +85,12 @@ def load_run(run_dir):
             f"use the per-domain run directories: {names}"
         )
     stage, checkpoint = final_checkpoint(run_dir, config.method)
+    # The weights come from the checkpoint; a keras-hub encoder still reads its
+    # architecture from the preset folder.
+    keep_preset = config.model.backbone == "hub"
     model = UniversalSegmenter.from_experiment(dataclasses.replace(
-        config, model=dataclasses.replace(config.model, backbone_weights=None)
+        config, model=dataclasses.replace(
+            config.model, backbone_weights=config.model.backbone_weights if keep_preset else None)
     ))
     model.build()
     tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial()
@@ -101,3 +105,18 @@ def load_run(run_dir):
         finished=run.finished(),
         has_label_centroids=run.has_label_centroids(),
     )
+
+
+def save_encoder(run_dir, out):
+    """Writes a run's trained shared encoder as ``out`` (``.weights.h5``); returns its backbone name.
+
+    Another experiment with the same ``model.backbone`` and ``model.width``
+    starts from it through ``model.backbone_weights``.
+    """
+    out = pathlib.Path(out)
+    if not out.name.endswith(".weights.h5"):
+        raise ConfigError(f"--out {out}: the file name must end in .weights.h5")
+    run = load_run(run_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    run.model.encoder.save_weights(str(out))
+    return run.config.model.backbone

@@ -30,6 +30,7 @@ from usss_tf.data import pipeline, sources
 from usss_tf.errors import ConfigError
 from usss_tf.model.segmenter import UniversalSegmenter
 from usss_tf.monitoring import RunMonitor
+from usss_tf.optimizer import default_encoder_lr_multiplier
 from usss_tf.trainer import StageTrainer, make_strategy
 
 __all__ = ["Experiment", "format_results", "make_strategy", "run_experiment"]
@@ -84,8 +85,14 @@ class Experiment:
         logs = self.run_dir.tensorboard
         self.train_writer = tf.summary.create_file_writer(str(logs / "train"))
         self.val_writer = tf.summary.create_file_writer(str(logs / "validation"))
-        self.trainer = StageTrainer(self.model, self.strategy, self.run_dir, cfg.train,
-                                    self.train_writer, echo=self.echo)
+        multiplier = cfg.train.encoder_lr_multiplier
+        if multiplier is None:
+            multiplier = default_encoder_lr_multiplier(pretrained=bool(cfg.model.backbone_weights))
+        self.trainer = StageTrainer(
+            self.model, self.strategy, self.run_dir, cfg.train, self.train_writer, echo=self.echo,
+            encoder_lr_multiplier=multiplier,
+            freeze_encoder_batchnorm=cfg.train.freeze_encoder_batchnorm,
+        )
         self.monitor = RunMonitor(
             logs, self.inputs, cfg, self.val_writer,
             has_centroids=self.run_dir.has_label_centroids,

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from usss_tf.callbacks import StepHook, TrainingLogger
 from usss_tf.errors import ConfigError
+from usss_tf.optimizer import make_optimizer
 
 
 def make_strategy(devices=None):
@@ -38,17 +39,18 @@ def make_strategy(devices=None):
     return tf.distribute.MirroredStrategy(devices)
 
 
-def make_optimizer(train_config, steps):
-    """The stage's optimizer: AdamW or SGD (momentum) with polynomial decay over ``steps``."""
-    schedule = keras.optimizers.schedules.PolynomialDecay(
-        train_config.learning_rate, decay_steps=max(steps, 1),
-        end_learning_rate=train_config.learning_rate * 1e-2, power=train_config.poly_power,
-    )
-    if train_config.optimizer == "sgd":
-        return keras.optimizers.SGD(
-            schedule, momentum=train_config.momentum, weight_decay=train_config.weight_decay or None
-        )
-    return keras.optimizers.AdamW(schedule, weight_decay=train_config.weight_decay)
+def freeze_batchnorm(encoder):
+    """Freezes every BatchNorm layer of ``encoder``: statistics and scale/offset stay as loaded.
+
+    Keras runs a non-trainable BatchNormalization in inference mode, so small
+    training batches no longer replace the pretrained statistics.
+    """
+    frozen = 0
+    for layer in encoder._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+            frozen += 1
+    return frozen
 
 
 class StageTrainer:
@@ -61,9 +63,13 @@ class StageTrainer:
       train_config: ``TrainConfig`` (optimizer, intervals, logging).
       writer: the ``tf.summary`` writer for per-step scalars.
       echo: ``echo(line)`` for one-line notes.
+      encoder_lr_multiplier: the encoder's learning rate relative to the rest.
+      freeze_encoder_batchnorm: keep the encoder's BatchNorm statistics and
+        affine weights as loaded (inference mode), for small batches.
     """
 
-    def __init__(self, model, strategy, run_dir, train_config, writer, echo=print):
+    def __init__(self, model, strategy, run_dir, train_config, writer, echo=print,
+                 encoder_lr_multiplier=1.0, freeze_encoder_batchnorm=False):
         self.model = model
         self.strategy = strategy
         self.run_dir = run_dir
@@ -71,6 +77,9 @@ class StageTrainer:
         self.writer = writer
         self.echo = echo
         self.last_logs = {}
+        self.encoder_lr_multiplier = encoder_lr_multiplier
+        if freeze_encoder_batchnorm:
+            freeze_batchnorm(model.encoder)
 
     def restore_weights(self, checkpoint_path):
         """Loads the model's weights (not the optimizer) from a checkpoint path, if any."""
@@ -104,7 +113,8 @@ class StageTrainer:
         cfg = self.config
         self.model.objective = objective
         with self.strategy.scope():
-            self.model.compile(optimizer=make_optimizer(cfg, steps))
+            self.model.compile(optimizer=make_optimizer(
+                cfg, steps, self.model.encoder.trainable_variables, self.encoder_lr_multiplier))
             # model.optimizer, not the optimizer passed: under mixed_float16 compile
             # wraps it in a LossScaleOptimizer, whose loss scale is checkpointed too.
             self.model.optimizer.build(self.model.trainable_variables)

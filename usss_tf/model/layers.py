@@ -1,6 +1,7 @@
 """Small building blocks shared by the backbones."""
 
 import keras
+import tensorflow as tf
 
 
 def make_divisible(channels, width, minimum=8):
@@ -9,7 +10,7 @@ def make_divisible(channels, width, minimum=8):
 
 
 def batch_norm(sync, name):
-    """BatchNorm with PyTorch's momentum; ``sync`` normalises over all replicas.
+    """BatchNorm with PyTorch's momentum and epsilon; ``sync`` normalises over all replicas.
 
     Plain BatchNorm under ``MirroredStrategy`` normalises each replica's slice
     of the batch; the synchronized form makes a multi-replica step equal a
@@ -18,3 +19,60 @@ def batch_norm(sync, name):
     return keras.layers.BatchNormalization(
         momentum=0.9, epsilon=1e-5, synchronized=sync, name=name
     )
+
+
+def _pair(value):
+    return (int(value), int(value)) if isinstance(value, int) else tuple(int(v) for v in value)
+
+
+@keras.saving.register_keras_serializable("usss_tf")
+class PaddedConv2D(keras.layers.Conv2D):
+    """A 2-D convolution padded as PyTorch pads, run by TensorFlow's native dilated op.
+
+    ``torch_padding`` pixels of zeros go on every side (top = bottom, left =
+    right), like ``torch.nn.Conv2d(padding=p)``; the default,
+    ``dilation * (kernel - 1) // 2``, keeps the size at stride 1. Keras'
+    ``padding="same"`` pads the bottom/right more than the top/left at stride
+    2 on even sizes, which shifts every sampling position by one pixel: weights
+    trained in PyTorch (e.g. the DRN ImageNet checkpoints) then compute
+    something else. Dilations go to ``tf.nn.conv2d(dilations=...)`` instead of
+    Keras' SpaceToBatch -> conv -> BatchToSpace path, which is slower on CPU.
+    """
+
+    def __init__(self, filters, kernel_size, torch_padding=None, **kwargs):
+        kwargs.pop("padding", None)
+        super().__init__(filters, kernel_size, padding="valid", **kwargs)
+        if torch_padding is None:
+            torch_padding = tuple(
+                d * (k - 1) // 2 for d, k in zip(self.dilation_rate, self.kernel_size)
+            )
+        self.torch_padding = _pair(torch_padding)
+
+    def call(self, inputs):
+        pad_h, pad_w = self.torch_padding
+        if pad_h or pad_w:
+            # A separate pad: TensorFlow's CPU gradient kernels for dilated
+            # convolutions (oneDNN) take VALID padding, not explicit padding.
+            inputs = tf.pad(inputs, [[0, 0], [pad_h, pad_h], [pad_w, pad_w], [0, 0]])
+        outputs = tf.nn.conv2d(
+            inputs, self.kernel, strides=self.strides, padding="VALID",
+            dilations=self.dilation_rate,
+        )
+        if self.use_bias:
+            outputs = tf.nn.bias_add(outputs, self.bias)
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        spatial = []
+        for size, k, s, d, p in zip(
+            input_shape[1:3], self.kernel_size, self.strides, self.dilation_rate, self.torch_padding
+        ):
+            spatial.append(None if size is None else (size + 2 * p - d * (k - 1) - 1) // s + 1)
+        return (input_shape[0], *spatial, self.filters)
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("padding", None)
+        return {**config, "torch_padding": self.torch_padding}

@@ -34,14 +34,16 @@ class UniversalSegmenter(keras.Model):
     Args:
       domains: ordered mapping of domain name -> number of classes. The first
         domain is the default one (e.g. for ``serving_default``).
-      backbone: ``erfnet``, ``drn_d_22`` or ``drn_d_38``.
+      backbone: ``erfnet``, ``drn_d_22/38/54/105`` or ``hub`` (a keras-hub
+        preset folder in ``backbone_weights``); see ``model.backbones``.
       width: channel multiplier of the backbone.
       embedding_dim: d, the size of the pixel embedding.
       centroids_per_class: K label centroids per class.
       temperature: tau of the centroid similarity.
       dropout: ERFNet dropout rate.
       sync_batchnorm: normalise over all replicas under a distribution strategy.
-      backbone_weights: optional local weights file for the backbone.
+      backbone_weights: optional local pretrained weights for the backbone
+        (a DRN ``.pth``, a ``.weights.h5`` or a keras-hub preset folder).
       scales: optional mapping of domain name -> the scale its images are
         resized by before the encoder (default 1.0), as in training.
     """
@@ -79,8 +81,8 @@ class UniversalSegmenter(keras.Model):
         self.backbone_weights = backbone_weights
 
         self.encoder = build_backbone(
-            backbone, width=width, dropout=dropout, sync_batchnorm=sync_batchnorm,
-            weights=backbone_weights,
+            backbone, weights=backbone_weights, width=width, dropout=dropout,
+            sync_batchnorm=sync_batchnorm,
         )
         self.embedding = EmbeddingHead(embedding_dim, name="embedding")
         # One attribute per domain (not a dict): attributes are tracked by
@@ -251,7 +253,8 @@ class UniversalSegmenter(keras.Model):
             "temperature": self.temperature,
             "dropout": self.dropout,
             "sync_batchnorm": self.sync_batchnorm,
-            "backbone_weights": None,  # Weights live in the checkpoint, not the config.
+            # Weights live in the checkpoint; a keras-hub preset also holds the architecture.
+            "backbone_weights": self.backbone_weights if self.backbone_name == "hub" else None,
             "scales": dict(self.scales),
         }
 

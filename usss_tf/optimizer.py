@@ -1,0 +1,62 @@
+"""The training optimizer: AdamW or SGD with polynomial decay, and an encoder learning-rate multiplier.
+
+A pretrained encoder should move slower than the decoders and heads that
+start from scratch (the common practice of a 10x smaller backbone rate).
+Keras optimizers have one learning rate; ``LayerwiseLearningRate`` multiplies
+it for a chosen set of variables inside ``update_step``, like PyTorch
+parameter groups. This is exact for SGD and Adam alike (scaling gradients
+instead would cancel out in Adam). Decoupled weight decay keeps the base
+rate (its step is ``lr * weight_decay * w``, negligible at these rates).
+"""
+
+import keras
+
+# Defaults of train.encoder_lr_multiplier when the config leaves it empty.
+PRETRAINED_ENCODER_LR_MULTIPLIER = 0.1
+SCRATCH_ENCODER_LR_MULTIPLIER = 1.0
+
+
+def default_encoder_lr_multiplier(pretrained):
+    """0.1 for an encoder that starts from pretrained weights, 1.0 from scratch."""
+    return PRETRAINED_ENCODER_LR_MULTIPLIER if pretrained else SCRATCH_ENCODER_LR_MULTIPLIER
+
+
+class LayerwiseLearningRate:
+    """Mixin for a Keras optimizer: ``multiplier`` x the learning rate for ``variables``."""
+
+    def set_multiplier(self, variables, multiplier):
+        self._multiplied_keys = {self._var_key(v) for v in variables}
+        self._multiplier = float(multiplier)
+
+    def update_step(self, gradient, variable, learning_rate):
+        keys = getattr(self, "_multiplied_keys", ())
+        if self._multiplier != 1.0 and self._var_key(variable) in keys:
+            learning_rate = learning_rate * self._multiplier
+        return super().update_step(gradient, variable, learning_rate)
+
+
+class SGD(LayerwiseLearningRate, keras.optimizers.SGD):
+    """SGD with momentum and a per-variable-set learning-rate multiplier."""
+
+
+class AdamW(LayerwiseLearningRate, keras.optimizers.AdamW):
+    """AdamW with a per-variable-set learning-rate multiplier."""
+
+
+def make_optimizer(train_config, steps, encoder_variables=(), encoder_multiplier=1.0):
+    """The stage's optimizer: AdamW or SGD (momentum) with polynomial decay over ``steps``.
+
+    ``encoder_variables`` learn at ``encoder_multiplier`` x the rate.
+    """
+    schedule = keras.optimizers.schedules.PolynomialDecay(
+        train_config.learning_rate, decay_steps=max(steps, 1),
+        end_learning_rate=train_config.learning_rate * 1e-2, power=train_config.poly_power,
+    )
+    if train_config.optimizer == "sgd":
+        optimizer = SGD(
+            schedule, momentum=train_config.momentum, weight_decay=train_config.weight_decay or None
+        )
+    else:
+        optimizer = AdamW(schedule, weight_decay=train_config.weight_decay)
+    optimizer.set_multiplier(encoder_variables, encoder_multiplier)
+    return optimizer
