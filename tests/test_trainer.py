@@ -10,7 +10,8 @@ from usss_tf import precision
 from usss_tf.method import Objective
 from usss_tf.model.segmenter import UniversalSegmenter
 from usss_tf.run_dir import RunDir
-from usss_tf.trainer import StageTrainer, make_optimizer
+from usss_tf.optimizer import default_encoder_lr_multiplier, make_optimizer
+from usss_tf.trainer import StageTrainer, freeze_batchnorm
 
 DOMAINS = {"a": 3, "b": 4}
 TRAIN = config_lib.TrainConfig(pretrain_steps=4, steps=0, optimizer="sgd", learning_rate=0.05,
@@ -36,15 +37,16 @@ class Stop(Exception):
     pass
 
 
-def train(run_dir, stop_after=None, policy="float32"):
+def train(run_dir, stop_after=None, policy="float32", strategy=None, **trainer_options):
     """Trains stage ``s`` (4 steps, a checkpoint every 2); raises ``Stop`` after ``stop_after``."""
     keras.utils.set_random_seed(0)
-    with precision.dtype_policy(policy):
+    strategy = strategy or tf.distribute.get_strategy()
+    with precision.dtype_policy(policy), strategy.scope():
         model = UniversalSegmenter(DOMAINS, width=0.125, embedding_dim=8, centroids_per_class=2)
-    model.build()
+        model.build()
     writer = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
-    trainer = StageTrainer(model, tf.distribute.get_strategy(), RunDir(run_dir), TRAIN, writer,
-                           echo=lambda *_: None)
+    trainer = StageTrainer(model, strategy, RunDir(run_dir), TRAIN, writer,
+                           echo=lambda *_: None, **trainer_options)
     seen = []
 
     def on_step(step, save):
@@ -88,3 +90,46 @@ def test_a_skipped_mixed_float16_step_still_counts_for_resume(tmp_path):
     assert int(model.optimizer.iterations.numpy()) < 2  # At least one of 2 updates skipped.
     _, seen = train(tmp_path / "run", policy="mixed_float16")
     assert seen == [3, 4]  # Resumed after batch 2, not replaying it.
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_the_encoder_multiplier_scales_its_whole_update(optimizer):
+    encoder, head = tf.Variable([1.0, -2.0]), tf.Variable([1.0, -2.0])
+    config = config_lib.TrainConfig(optimizer=optimizer, momentum=0.0, learning_rate=0.1,
+                                    weight_decay=0.01)
+    opt = make_optimizer(config, 10, [encoder], 0.1)
+    gradient = tf.constant([0.5, -0.25])
+    opt.apply([gradient, gradient], [encoder, head])
+    moved_encoder = np.array([1.0, -2.0]) - encoder.numpy()
+    moved_head = np.array([1.0, -2.0]) - head.numpy()
+    np.testing.assert_allclose(moved_encoder, 0.1 * moved_head, rtol=1e-4)  # float32 differences of ~2.
+
+
+def test_a_zero_multiplier_and_frozen_batchnorm_keep_the_encoder_as_it_was(tmp_path):
+    """Through the real trainer under MirroredStrategy: the encoder (weights and BN statistics)
+    stays bit for bit, the decoders learn."""
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        reference = UniversalSegmenter(DOMAINS, width=0.125, embedding_dim=8, centroids_per_class=2)
+        reference.build()
+    model, _ = train(tmp_path, strategy=strategy, encoder_lr_multiplier=0.0,
+                     freeze_encoder_batchnorm=True)
+    for before, after in zip(reference.encoder.weights, model.encoder.weights):
+        np.testing.assert_array_equal(before.numpy(), after.numpy(), err_msg=after.path)
+    changed = [not np.array_equal(a.numpy(), b.numpy())
+               for a, b in zip(reference.decoder("a").weights, model.decoder("a").weights)]
+    assert any(changed)
+
+
+def test_freeze_batchnorm_reaches_every_encoder_batchnorm():
+    model = UniversalSegmenter(DOMAINS, backbone="drn_d_22", width=1 / 32)
+    frozen = freeze_batchnorm(model.encoder)
+    norms = [w for w in model.encoder.weights if "moving_mean" in w.path]
+    assert frozen == len(norms) > 10
+    assert not any("gamma" in w.path for w in model.encoder.trainable_weights)
+
+
+def test_pretrained_encoders_default_to_a_tenth_of_the_rate():
+    assert default_encoder_lr_multiplier(pretrained=True) == 0.1
+    assert default_encoder_lr_multiplier(pretrained=False) == 1.0

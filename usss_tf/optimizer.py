@@ -4,12 +4,13 @@ A pretrained encoder should move slower than the decoders and heads that
 start from scratch (the common practice of a 10x smaller backbone rate).
 Keras optimizers have one learning rate; ``LayerwiseLearningRate`` multiplies
 it for a chosen set of variables inside ``update_step``, like PyTorch
-parameter groups. This is exact for SGD and Adam alike (scaling gradients
-instead would cancel out in Adam). Decoupled weight decay keeps the base
-rate (its step is ``lr * weight_decay * w``, negligible at these rates).
+parameter groups: the gradient step and the decoupled weight decay
+(``lr * weight_decay * w``) both use the multiplied rate. This is exact for
+SGD and Adam alike (scaling gradients instead would cancel out in Adam).
 """
 
 import keras
+import tensorflow as tf
 
 # Defaults of train.encoder_lr_multiplier when the config leaves it empty.
 PRETRAINED_ENCODER_LR_MULTIPLIER = 0.1
@@ -28,11 +29,33 @@ class LayerwiseLearningRate:
         self._multiplied_keys = {self._var_key(v) for v in variables}
         self._multiplier = float(multiplier)
 
+    def _multiplied(self, variable):
+        return getattr(self, "_multiplier", 1.0) != 1.0 and self._var_key(variable) in self._multiplied_keys
+
     def update_step(self, gradient, variable, learning_rate):
-        keys = getattr(self, "_multiplied_keys", ())
-        if self._multiplier != 1.0 and self._var_key(variable) in keys:
+        if self._multiplied(variable):
             learning_rate = learning_rate * self._multiplier
         return super().update_step(gradient, variable, learning_rate)
+
+    def _apply_weight_decay(self, variables):
+        """Keras' TensorFlow weight decay, with the multiplied rate for the chosen variables."""
+        if self.weight_decay is None or getattr(self, "_multiplier", 1.0) == 1.0:
+            return super()._apply_weight_decay(variables)
+
+        def decay(variable):
+            if self._use_weight_decay(variable):
+                rate = tf.cast(self.learning_rate, variable.dtype)
+                if self._multiplied(variable):
+                    rate = rate * self._multiplier
+                variable.assign_sub(variable * tf.cast(self.weight_decay, variable.dtype) * rate)
+
+        def apply(distribution, variables):
+            for variable in variables:
+                if isinstance(variable, keras.Variable):
+                    variable = variable.value
+                distribution.extended.update(variable, decay, group=False)
+
+        tf.__internal__.distribute.interim.maybe_merge_call(apply, self._distribution_strategy, variables)
 
 
 class SGD(LayerwiseLearningRate, keras.optimizers.SGD):
