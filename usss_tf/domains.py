@@ -400,6 +400,20 @@ SYNTH_CAMVID_CLASSES = (
 )
 SYNTH_CAMVID_VOID = 11
 
+# synth_idd: an IDD-style label space of 8 classes in level-3 order; the
+# scene's trucks are "large vehicle", fence and pole pixels are void (255).
+SYNTH_IDD_CLASSES = (
+    ("road", (128, 64, 128)),
+    ("sidewalk", (244, 35, 232)),
+    ("person", (220, 20, 60)),
+    ("car", (0, 0, 142)),
+    ("large vehicle", (0, 60, 100)),
+    ("building", (70, 70, 70)),
+    ("vegetation", (107, 142, 35)),
+    ("sky", (70, 130, 180)),
+)
+SYNTH_IDD_VOID = 255
+
 
 def _synth_city_domain() -> Domain:
     # Raw ids are real Cityscapes labelIds; train ids are compact 0..9.
@@ -455,6 +469,18 @@ def _builtin_domains():
         description=(
             "Synthetic street scenes, warm evening light, CamVid layout, "
             "7 classes (vehicle = car + truck; fence, pole = void)."
+        ),
+    )
+    yield _table_domain(
+        "synth_idd",
+        "idd",
+        SYNTH_IDD_CLASSES,
+        first_raw_id=0,
+        synthetic=True,
+        void_ids=(SYNTH_IDD_VOID,),
+        description=(
+            "Synthetic street scenes, hazy dusty noon, IDD layout, 8 classes "
+            "(large vehicle = truck; fence, pole = void). A third style, e.g. to pretrain an encoder."
         ),
     )
 

@@ -79,7 +79,8 @@ def test_raw_ids_are_known_and_every_class_appears(twenty, name):
     domain = domains.get_domain(name)
     table = domain.lookup_table()
     known_raw = {raw for raw, _ in domain.raw_to_train}
-    void = {"synth_city": {1}, "synth_camvid": {domains.SYNTH_CAMVID_VOID}}[name]
+    void = {"synth_city": {1}, "synth_camvid": {domains.SYNTH_CAMVID_VOID},
+            "synth_idd": {domains.SYNTH_IDD_VOID}}[name]
     seen = set()
     for label in _labels(name, twenty[name]):
         raw_ids = set(np.unique(label).tolist())

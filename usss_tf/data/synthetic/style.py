@@ -7,7 +7,7 @@ import numpy as np
 from usss_tf import domains as domains_lib
 from usss_tf.errors import UnknownDomainError
 
-SYNTHETIC_DOMAINS = ("synth_city", "synth_camvid")
+SYNTHETIC_DOMAINS = ("synth_city", "synth_camvid", "synth_idd")
 
 # The scene grammar's classes (same order as `domains.SYNTH_CITY_CLASSES`)
 # plus the ego vehicle, which no domain trains on.
@@ -23,9 +23,19 @@ _CLASS_NAMES_IN_DOMAIN = {
         "person": "pedestrian", "car": "vehicle", "truck": "vehicle",
         "ego vehicle": None,
     },
+    "synth_idd": {
+        "road": "road", "sidewalk": "sidewalk", "building": "building",
+        "fence": None, "pole": None, "vegetation": "vegetation", "sky": "sky",
+        "person": "person", "car": "car", "truck": "large vehicle",
+        "ego vehicle": None,
+    },
 }  # fmt: skip
 # Raw id written for pixels without a class: Cityscapes "ego vehicle", CamVid void.
-_VOID_RAW_ID = {"synth_city": 1, "synth_camvid": domains_lib.SYNTH_CAMVID_VOID}
+_VOID_RAW_ID = {
+    "synth_city": 1,
+    "synth_camvid": domains_lib.SYNTH_CAMVID_VOID,
+    "synth_idd": domains_lib.SYNTH_IDD_VOID,
+}
 
 
 def raw_id_table(domain_name) -> np.ndarray:
@@ -164,9 +174,43 @@ STYLES = {
         fence_probability=0.4,
         park_probability=0.35,
     ),
+    "synth_idd": Style(
+        horizon=(0.4, 0.52),
+        camera_height=(1.3, 1.7),
+        roll_degrees=1.5,
+        hood=False,
+        sky_top=((0.75, 0.76, 0.72), (0.8, 0.78, 0.7), (0.68, 0.72, 0.74)),
+        sky_horizon=((0.9, 0.87, 0.78), (0.92, 0.9, 0.84)),
+        facade_colours=(
+            (0.85, 0.8, 0.62), (0.6, 0.75, 0.7), (0.9, 0.65, 0.55),
+            (0.7, 0.6, 0.75), (0.55, 0.5, 0.4), (0.95, 0.92, 0.85),
+        ),
+        window_colours=((0.25, 0.2, 0.15), (0.1, 0.1, 0.1), (0.45, 0.35, 0.25)),
+        road_colour=(0.45, 0.42, 0.38),
+        sidewalk_colours=((0.65, 0.55, 0.42), (0.55, 0.5, 0.45), (0.7, 0.62, 0.5)),
+        vegetation_colours=((0.35, 0.42, 0.2), (0.42, 0.45, 0.25), (0.28, 0.35, 0.18)),
+        car_colours=_GREYS + ((0.9, 0.85, 0.3), (0.2, 0.5, 0.3), (0.95, 0.95, 0.95)),
+        clothes_colours=_GREYS + ((0.85, 0.45, 0.1), (0.7, 0.1, 0.4), (0.95, 0.9, 0.8)),
+        fence_colours=((0.5, 0.45, 0.35), (0.35, 0.3, 0.28), (0.65, 0.6, 0.5)),
+        pole_colours=((0.5, 0.48, 0.45), (0.3, 0.3, 0.28), (0.6, 0.58, 0.5)),
+        colour_gains=(1.05, 1.0, 0.88),
+        saturation=0.9,
+        contrast=0.7,
+        texture_fine=0.08,
+        texture_coarse=0.1,
+        texture_scale=5.0,
+        shadow_strength=(0.1, 0.25),
+        blur_sigma=(0.3, 0.8),
+        noise_sigma=(0.01, 0.03),
+        num_cars=(2, 7),
+        num_trucks=(0, 3),
+        num_people=(3, 10),
+        num_poles=(0, 3),
+        num_trees=(0, 3),
+        fence_probability=0.2,
+        park_probability=0.15,
+    ),
 }  # fmt: skip
-
-
 
 
 def style_of(domain_name) -> Style:

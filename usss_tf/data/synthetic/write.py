@@ -40,8 +40,13 @@ def _camvid_paths(split, index):
     return layouts.CAMVID.example_paths("", split, f"synth_{index:05d}")
 
 
+def _idd_paths(split, index):
+    sequence = f"{index % 3}"
+    return layouts.IDD.example_paths("", split, sequence, f"{index:06d}")
+
+
 # layout -> (split, index) -> (image path, label path), relative to the root.
-_LAYOUT_PATHS = {"cityscapes": _cityscapes_paths, "camvid": _camvid_paths}
+_LAYOUT_PATHS = {"cityscapes": _cityscapes_paths, "camvid": _camvid_paths, "idd": _idd_paths}
 
 
 
