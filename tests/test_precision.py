@@ -91,3 +91,21 @@ def test_mixed_float16_wraps_the_optimizer_in_loss_scaling():
                                           for d, b in batch.items()})
     assert logs["loss"].dtype == tf.float32 and np.isfinite(logs["loss"].numpy())
     assert int(model.optimizer.iterations.numpy()) in (0, 1)  # a non-finite first step is skipped
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f amx_bf16 amx_tile\n\n")
+    assert {"avx512f", "amx_bf16"} <= precision.cpu_flags(cpuinfo)
+    assert precision.cpu_flags(tmp_path / "absent") == frozenset()
+
+
+def test_auto_resolves_to_a_real_policy_that_matches_the_cpu():
+    resolved = precision.resolve("auto")
+    assert resolved in precision.POLICIES and resolved != "auto"
+    if not tf.config.list_physical_devices("GPU"):
+        has_bf16 = bool(set(precision.BF16_CPU_FLAGS) & precision.cpu_flags())
+        assert resolved == ("mixed_bfloat16" if has_bf16 else "float32")
+    assert precision.resolve("float32") == "float32"
+    with precision.dtype_policy("auto"):
+        assert keras.config.dtype_policy().name == resolved

@@ -23,7 +23,7 @@ BACKBONES = ("erfnet", "drn_d_22", "drn_d_38", "drn_d_54", "drn_d_105", "hub")
 OPTIMIZERS = ("adamw", "sgd")
 SOURCES = ("folder", "tfds")
 ON_BROKEN = ("stop", "skip")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
 
 def _check_choice(key, value, choices):
@@ -205,7 +205,9 @@ class TrainConfig:
     # validation interval, 0 = only at validations), `panel_images` per domain.
     image_every: typing.Optional[int] = None
     panel_images: int = 3  # 0 = no panels.
-    precision: str = "float32"  # or mixed_float16 / mixed_bfloat16 (see usss_tf.precision).
+    # float32, mixed_float16, mixed_bfloat16, or auto: bf16 on CPUs with AMX /
+    # AVX512-BF16, float16 on GPUs with tensor cores, else float32 (usss_tf.precision).
+    precision: str = "float32"
     # The encoder's learning rate relative to the decoders and heads; empty =
     # 0.1 when model.backbone_weights is set, 1.0 from scratch (usss_tf.optimizer).
     encoder_lr_multiplier: typing.Optional[float] = None

@@ -24,6 +24,7 @@ import tensorflow as tf
 from usss_tf import centroids as centroid_stage
 from usss_tf import evaluate as evaluate_lib
 from usss_tf import inference, method
+from usss_tf import precision
 from usss_tf import run_dir as run_dir_lib
 from usss_tf.callbacks import shows_progress
 from usss_tf.data import pipeline, sources
@@ -79,6 +80,7 @@ class Experiment:
             "method": cfg.method,
             "devices": list(self.strategy.extended.worker_devices),
             "replicas": self.strategy.num_replicas_in_sync,
+            "precision": precision.resolve(cfg.train.precision),
             **_versions(),
             "parameters": int(self.model.count_params()),
         })

@@ -6,7 +6,7 @@ a CPU. ``width`` scales every channel count so tests can use a narrow one.
 
 import keras
 
-from usss_tf.model.layers import batch_norm, make_divisible
+from usss_tf.model.layers import PaddedConv2D, batch_norm, make_divisible
 
 
 def _downsampler(x, channels, sync, name):
@@ -24,13 +24,11 @@ def _non_bottleneck_1d(x, dilation, dropout, sync, name):
     channels = x.shape[-1]
     shortcut = x
     for i, rate in enumerate((1, dilation)):
-        x = keras.layers.Conv2D(
-            channels, (3, 1), padding="same", dilation_rate=(rate, 1), name=f"{name}_conv{i}a"
-        )(x)
+        # PaddedConv2D: at stride 1 the same result as padding="same", through
+        # TensorFlow's native dilated convolution (Keras' goes via SpaceToBatch).
+        x = PaddedConv2D(channels, (3, 1), dilation_rate=(rate, 1), name=f"{name}_conv{i}a")(x)
         x = keras.layers.ReLU(name=f"{name}_relu{i}a")(x)
-        x = keras.layers.Conv2D(
-            channels, (1, 3), padding="same", dilation_rate=(1, rate), name=f"{name}_conv{i}b"
-        )(x)
+        x = PaddedConv2D(channels, (1, 3), dilation_rate=(1, rate), name=f"{name}_conv{i}b")(x)
         x = batch_norm(sync, f"{name}_bn{i}")(x)
         if i == 0:
             x = keras.layers.ReLU(name=f"{name}_relu{i}b")(x)
