@@ -64,7 +64,7 @@ class Bottleneck(nn.Module):
 
 
 class DRND(nn.Module):
-    """DRN-D feature extractor (stride 8) with the ImageNet head ``fc`` (unused in forward)."""
+    """DRN-D feature extractor (stride 8), with the ImageNet head ``fc`` if ``num_classes``."""
 
     def __init__(self, variant="drn_d_22", channels=CHANNELS, num_classes=1000):
         super().__init__()
@@ -82,7 +82,8 @@ class DRND(nn.Module):
         self.layer6 = self._layer(block, channels[5], layers[5], dilation=4, new_level=False)
         self.layer7 = self._conv_layers(channels[6], layers[6], dilation=2)
         self.layer8 = self._conv_layers(channels[7], layers[7], dilation=1)
-        self.fc = nn.Conv2d(channels[7], num_classes, 1, bias=True)
+        if num_classes:  # The ImageNet head: in the checkpoints, unused for segmentation.
+            self.fc = nn.Conv2d(channels[7], num_classes, 1, bias=True)
 
     def _layer(self, block, planes, blocks, stride=1, dilation=1, new_level=True):
         downsample = None

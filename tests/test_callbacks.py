@@ -1,20 +1,12 @@
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 import tensorflow as tf
 
-from usss_tf.callbacks import StepHook, TrainingLogger, shows_progress
+from usss_tf.callbacks import TrainingLogger, shows_progress
 
 
 def test_no_progress_bar_outside_a_terminal():
     # pytest captures stdout: not a terminal, so no cursor codes in a log.
     assert not shows_progress(1) and not shows_progress(0)
-
-
-def test_step_hook_counts_from_the_first_step():
-    seen = []
-    hook = StepHook(5, seen.append)
-    for batch in range(3):
-        hook.on_train_batch_end(batch)
-    assert seen == [6, 7, 8]
 
 
 def test_logger_writes_every_term_at_its_interval_from_the_resumed_step(tmp_path):

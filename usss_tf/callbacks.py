@@ -1,4 +1,4 @@
-"""Keras callbacks: per-step TensorBoard scalars and a progress bar; a per-step hook."""
+"""Per-step TensorBoard scalars and a progress bar (a Keras callback the trainer calls)."""
 
 import sys
 import time
@@ -81,20 +81,3 @@ def _merge(pairs):
     for key, value in pairs:
         merged[key] = merged.get(key, 0.0) + value
     return list(merged.items())
-
-
-class StepHook(keras.callbacks.Callback):
-    """Calls ``hook(step)`` after every batch, with the stage's step (``first_step`` + batches).
-
-    The step is derived, not read from the optimizer: no per-step host sync,
-    and it counts batches even when a loss-scale skip leaves the optimizer's
-    iterations behind.
-    """
-
-    def __init__(self, first_step, hook):
-        super().__init__()
-        self.first_step = first_step
-        self.hook = hook
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.hook(self.first_step + batch + 1)

@@ -9,6 +9,17 @@ import tensorflow as tf
 from usss_tf.domains import IGNORE_LABEL
 
 
+def masked_cross_entropy_sum(labels, logits, ignore_label=IGNORE_LABEL):
+    """(sum of softmax cross-entropy over the labelled pixels, number of labelled pixels)."""
+    logits = tf.cast(logits, tf.float32)
+    labels = tf.cast(labels, tf.int32)
+    valid = tf.not_equal(labels, ignore_label)
+    safe_labels = tf.where(valid, labels, tf.zeros_like(labels))
+    per_pixel = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe_labels, logits=logits)
+    weights = tf.cast(valid, tf.float32)
+    return tf.reduce_sum(per_pixel * weights), tf.reduce_sum(weights)
+
+
 def masked_cross_entropy(labels, logits, ignore_label=IGNORE_LABEL):
     """Mean softmax cross-entropy over the pixels whose label is not ignored.
 
@@ -18,13 +29,26 @@ def masked_cross_entropy(labels, logits, ignore_label=IGNORE_LABEL):
     Returns:
       float32 scalar; 0 when no pixel is labelled.
     """
-    logits = tf.cast(logits, tf.float32)
-    labels = tf.cast(labels, tf.int32)
-    valid = tf.not_equal(labels, ignore_label)
-    safe_labels = tf.where(valid, labels, tf.zeros_like(labels))
-    per_pixel = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe_labels, logits=logits)
-    weights = tf.cast(valid, tf.float32)
-    return tf.math.divide_no_nan(tf.reduce_sum(per_pixel * weights), tf.reduce_sum(weights))
+    total, count = masked_cross_entropy_sum(labels, logits, ignore_label)
+    return tf.math.divide_no_nan(total, count)
+
+
+def replica_masked_cross_entropy(labels, logits, ignore_label=IGNORE_LABEL):
+    """This replica's share of the global masked cross-entropy, exact across replicas.
+
+    Replicas hold different numbers of labelled pixels, so the mean of their
+    means is not the global mean. Each replica returns ``replicas x (its sum)
+    / (labelled pixels of all replicas)``: the replicas' average (the step
+    divides its loss by the replica count and sums gradients) is the mean over
+    every labelled pixel of the global batch. One replica: the plain mean.
+    """
+    total, count = masked_cross_entropy_sum(labels, logits, ignore_label)
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    context = tf.distribute.get_replica_context()
+    if replicas == 1 or context is None:
+        return tf.math.divide_no_nan(total, count)
+    global_count = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
+    return tf.math.divide_no_nan(total, global_count) * float(replicas)
 
 
 def entropy(logits, axis=-1):

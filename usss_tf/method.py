@@ -181,11 +181,11 @@ class Objective:
             index += 1
             if w["supervised"] > 0:
                 logits = model.decode(features[labelled], d, label_size)
-                terms[f"supervised/{d}"] = losses.masked_cross_entropy(labels, logits)
+                terms[f"supervised/{d}"] = losses.replica_masked_cross_entropy(labels, logits)
             if w["embedding_supervision"] > 0:
                 sim = model.similarity_logits(embeddings[labelled], d)
                 sim = tf.image.resize(sim, label_size, method="bilinear")
-                terms[f"embedding_supervision/{d}"] = losses.masked_cross_entropy(labels, sim)
+                terms[f"embedding_supervision/{d}"] = losses.replica_masked_cross_entropy(labels, sim)
             if use_unlabeled and "unlabeled" in batch[d]:
                 unlabeled = embeddings[index]
                 index += 1

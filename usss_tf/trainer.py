@@ -9,10 +9,14 @@ says how far a stage got: resume and intervals count batches, also when a mixed_
 scale skips an optimizer update (``optimizer.iterations`` does not advance then).
 """
 
+import shutil
+import tempfile
+
 import keras
 import tensorflow as tf
 
-from usss_tf.callbacks import StepHook, TrainingLogger
+from usss_tf import cluster
+from usss_tf.callbacks import TrainingLogger
 from usss_tf.errors import ConfigError
 from usss_tf.optimizer import make_optimizer
 
@@ -78,6 +82,7 @@ class StageTrainer:
         self.echo = echo
         self.last_logs = {}
         self.encoder_lr_multiplier = encoder_lr_multiplier
+        self.is_chief = cluster.is_chief(strategy)
         if freeze_encoder_batchnorm:
             freeze_batchnorm(model.encoder)
 
@@ -96,6 +101,34 @@ class StageTrainer:
             tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer).restore(
                 path).assert_existing_objects_matched()
             step.assign(self.model.optimizer.iterations)
+
+    def _distributed_step(self):
+        """One training step on every replica (``model.train_step``), logs averaged over replicas.
+
+        An explicit ``strategy.run`` loop instead of ``Model.fit``: the same
+        code runs under MirroredStrategy and MultiWorkerMirroredStrategy, where
+        Keras 3's ``fit`` fails (keras-team/keras#20585).
+        """
+        model, strategy = self.model, self.strategy
+
+        def step(batches):
+            logs = strategy.run(model.train_step, args=(next(batches),))
+            return {key: strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None)
+                    for key, value in logs.items()}
+
+        return tf.function(step, jit_compile=False)
+
+    def _save(self, checkpoint, manager, number):
+        """Writes a checkpoint: the chief into the run directory; another worker
+        (every one must take part in saving) to a temporary folder it deletes."""
+        if self.is_chief:
+            manager.save(checkpoint_number=number)
+            return
+        scratch = tempfile.mkdtemp(prefix="usss-worker-checkpoint-")
+        try:
+            checkpoint.write(f"{scratch}/ckpt")
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     def train(self, stage, steps, offset, make_dataset, objective, on_step, images_per_step):
         """Trains (or resumes) ``stage`` for ``steps`` steps; returns its latest checkpoint path.
@@ -133,14 +166,15 @@ class StageTrainer:
         if start < steps:
             def save_at(current):
                 step.assign(current)  # Only when saving: nothing extra on the per-step path.
-                manager.save(checkpoint_number=current)
+                self._save(checkpoint, manager, current)
 
-            def after_step(current):
-                on_step(current, lambda: save_at(current))
-
-            self.model.fit(
-                make_dataset(start, steps - start), steps_per_epoch=steps - start, epochs=1,
-                verbose=0, callbacks=[logger, StepHook(start, after_step)], shuffle=False,
-            )
+            batches = iter(self.strategy.experimental_distribute_dataset(
+                make_dataset(start, steps - start)))
+            train_step = self._distributed_step()
+            logger.on_train_begin()
+            for done in range(steps - start):
+                logger.on_train_batch_end(done, train_step(batches))
+                current = start + done + 1
+                on_step(current, lambda current=current: save_at(current))
         self.last_logs = logger.last_logs
         return manager.latest_checkpoint
