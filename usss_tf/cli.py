@@ -15,7 +15,7 @@ import time
 
 import click
 
-from usss_tf.errors import UsssError
+from usss_tf.errors import ConfigError, UsssError
 from usss_tf.serving import contract
 
 
@@ -106,26 +106,43 @@ def main(verbose):
               help="Devices for MirroredStrategy: a count or names like GPU:0,GPU:1 (default: all GPUs, else the CPU).")
 @click.option("--tensorboard", "with_tensorboard", is_flag=True,
               help="Serve TensorBoard on the run (loopback) while it trains, and after it until Ctrl-C.")
+@click.option("--worker-timeout", default=300.0, show_default=True, type=click.FloatRange(min=1),
+              help="With TF_CONFIG (several workers): seconds a step, a barrier or connecting may take "
+                   "before this worker ends with an error naming the unreachable peers.")
 @click.option("--tensorboard-port", default=6006, show_default=True, type=click.IntRange(0, 65535),
               help="Port for --tensorboard (0: any free port).")
 @_friendly_errors
-def train(config_path, overrides, run_dir, devices, with_tensorboard, tensorboard_port):
-    """Train (or resume) the experiment described by CONFIG.yaml."""
+def train(config_path, overrides, run_dir, devices, with_tensorboard, tensorboard_port, worker_timeout):
+    """Train (or resume) the experiment described by CONFIG.yaml.
+
+    With TF_CONFIG naming several workers (TFJob, Vertex AI, Ray Train), every
+    worker runs this same command under MultiWorkerMirroredStrategy; the
+    chief writes the run directory (which must be shared storage).
+    """
+    from usss_tf import cluster
     from usss_tf import config as config_lib
 
+    workers = cluster.cluster_from_environment()
+    strategy = None
+    if workers is not None:
+        if devices:
+            raise ConfigError("--devices: not with a TF_CONFIG cluster (each worker uses its own devices)")
+        # Before any other TensorFlow op, as MultiWorkerMirroredStrategy requires.
+        strategy = cluster.multi_worker_strategy(workers, timeout_seconds=worker_timeout)
     config = config_lib.load_config(config_path, overrides)
     from usss_tf import train as train_lib
 
     run_dir = pathlib.Path(run_dir or pathlib.Path("runs") / config.name)
-    if with_tensorboard:
+    if with_tensorboard and (workers is None or workers.is_chief):
         from usss_tf import board
 
         run_dir.mkdir(parents=True, exist_ok=True)
         click.echo(f"TensorBoard at {board.launch(run_dir, port=tensorboard_port)}")
-    results = train_lib.run_experiment(config, run_dir, devices=_parse_devices(devices), echo=click.echo)
+    results = train_lib.run_experiment(config, run_dir, devices=_parse_devices(devices), echo=click.echo,
+                                       strategy=strategy)
     click.echo(train_lib.format_results(results))
     click.echo(f"run directory: {run_dir}")
-    if with_tensorboard:
+    if with_tensorboard and (workers is None or workers.is_chief):
         click.echo("training finished; TensorBoard keeps serving until Ctrl-C")
         board.serve_forever()
 

@@ -104,15 +104,35 @@ def cluster_from_environment(environ=None):
     return cluster if cluster.num_workers > 1 else None
 
 
-def multi_worker_strategy(timeout_seconds=DEFAULT_TIMEOUT_SECONDS):
-    """``MultiWorkerMirroredStrategy`` for ``TF_CONFIG``, its collectives bounded by ``timeout_seconds``."""
+_WATCHDOG = None
+
+
+def multi_worker_strategy(cluster, timeout_seconds=DEFAULT_TIMEOUT_SECONDS):
+    """``MultiWorkerMirroredStrategy`` for ``cluster`` (from ``TF_CONFIG``), all workers connected.
+
+    Every collective phase is bounded by ``timeout_seconds`` (``watch``): a
+    peer that never starts or dies ends this worker with a one-line error.
+    """
+    global _WATCHDOG
     import tensorflow as tf
 
+    _WATCHDOG = Watchdog(cluster, timeout_seconds)
     options = tf.distribute.experimental.CommunicationOptions(
         implementation=tf.distribute.experimental.CommunicationImplementation.AUTO,
         timeout_seconds=timeout_seconds,
     )
-    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    with watch(f"connecting to the {cluster.num_workers} workers of {TF_CONFIG}"):
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        tf.function(lambda: strategy.reduce(
+            tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None))()
+    return strategy
+
+
+def watch(what):
+    """``Watchdog.watch(what)`` of this process's multi-worker strategy; a no-op on one machine."""
+    import contextlib
+
+    return _WATCHDOG.watch(what) if _WATCHDOG is not None else contextlib.nullcontext()
 
 
 def is_chief(strategy):
@@ -131,3 +151,78 @@ def num_workers(strategy):
     if resolver is None:
         return 1
     return max(1, sum(len(v) for v in resolver.cluster_spec().as_dict().values()))
+
+
+# The watchdog runs in its own small process: TensorFlow blocks in C++ while
+# holding the GIL when a peer is missing, so no Python thread or signal
+# handler of the worker itself would get to run.
+_WATCHDOG_PROGRAM = r"""
+import json, os, select, signal, socket, sys, time
+parent, seconds, me, peers = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
+deadline, what = None, None
+while True:
+    wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+    ready, _, _ = select.select([sys.stdin], [], [], wait)
+    if ready:
+        line = sys.stdin.readline()
+        if not line:
+            sys.exit(0)  # The worker closed the pipe: it ended.
+        command, _, text = line.rstrip("\n").partition(" ")
+        deadline, what = (time.monotonic() + seconds, text) if command == "arm" else (None, None)
+        continue
+    missing = []
+    for address in peers:
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=2).close()
+        except OSError:
+            missing.append(address)
+    detail = ("unreachable: " + ", ".join(missing)) if missing else (
+        "peers " + ", ".join(peers) + " accept connections but did not answer")
+    sys.stderr.write(f"error: worker {me}: {what} took longer than {seconds:g}s; {detail}\n")
+    sys.stderr.flush()
+    os.kill(parent, signal.SIGKILL)
+    sys.exit(2)
+"""
+
+
+class Watchdog:
+    """Ends the worker with a one-line error when a collective phase outlives ``seconds``.
+
+    TensorFlow's collectives can wait forever on a peer that never started or
+    died (and the worker then ignores SIGTERM). Each phase that needs every
+    worker (connecting, a training step, a barrier) runs inside
+    ``watch(what)``; past the deadline a separate watchdog process prints
+    the error, naming the peers that no longer accept connections, and kills
+    the worker (exit status 137).
+    """
+
+    def __init__(self, cluster, seconds):
+        import subprocess
+        import sys
+
+        self.seconds = float(seconds)
+        me = f"{cluster.address} ({cluster.task_type} {cluster.task_index})"
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG_PROGRAM, str(os.getpid()), str(self.seconds), me,
+             json.dumps(cluster.peers())],
+            stdin=subprocess.PIPE, text=True,
+        )
+
+    def _send(self, line):
+        self._process.stdin.write(line + "\n")
+        self._process.stdin.flush()
+
+    def watch(self, what):
+        """Context manager: ``what`` must finish within the watchdog's seconds."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def phase():
+            self._send(f"arm {what}")
+            try:
+                yield
+            finally:
+                self._send("disarm")
+
+        return phase()

@@ -82,10 +82,13 @@ class RunDir:
 
     Args:
       path: the folder (created by ``create``, not by the constructor).
+      writable: ``False`` for a worker of a multi-worker run other than the
+        chief: it reads the run directory but every write is skipped.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, writable=True):
         self.path = pathlib.Path(path)
+        self.writable = writable
 
     def __repr__(self):
         return f"RunDir({str(self.path)!r})"
@@ -94,7 +97,8 @@ class RunDir:
         return self.path / name
 
     def create(self):
-        self.path.mkdir(parents=True, exist_ok=True)
+        if self.writable:
+            self.path.mkdir(parents=True, exist_ok=True)
         return self
 
     # -- files ----------------------------------------------------------------------
@@ -112,7 +116,7 @@ class RunDir:
 
     def supervised(self, domain):
         """The run directory of one domain's model in a ``supervised`` run."""
-        return RunDir(self.path / SUPERVISED / domain)
+        return RunDir(self.path / SUPERVISED / domain, writable=self.writable)
 
     def save_config(self, config):
         """Saves ``config`` as ``config.yaml``, or checks it matches the one already there.
@@ -134,7 +138,8 @@ class RunDir:
                     f"{saved}: this run directory was started with a different config "
                     f"(changed: {', '.join(changed)}); use a new --run-dir"
                 )
-        write_text_atomic(saved, config_lib.dump_config(config))
+        if self.writable:
+            write_text_atomic(saved, config_lib.dump_config(config))
         return self
 
     def read_json(self, name, default=None):
@@ -142,7 +147,8 @@ class RunDir:
         return json.loads(path.read_text()) if path.exists() else default
 
     def write_json(self, name, payload):
-        write_json_atomic(self.path / name, payload)
+        if self.writable:
+            write_json_atomic(self.path / name, payload)
 
     # -- stages ---------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from usss_tf import centroids as centroid_stage
+from usss_tf import cluster
 from usss_tf import evaluate as evaluate_lib
 from usss_tf import inference, method
 from usss_tf import precision
@@ -45,14 +46,16 @@ def _versions():
 class Experiment:
     """One run of a (non-``supervised``) config in a run directory; ``run()`` does every stage."""
 
-    def __init__(self, config, run_dir, devices=None, echo=print):
+    def __init__(self, config, run_dir, devices=None, echo=print, strategy=None):
         if config.method not in method.PLANS:
             raise ConfigError(f"method {config.method!r} has no stage plan; use run_experiment")
         self.config = config
-        self.run_dir = run_dir_lib.RunDir(run_dir)
+        # Under a multi-worker strategy only the chief writes the run directory.
+        self.is_chief = strategy is None or cluster.is_chief(strategy)
+        self.run_dir = run_dir_lib.RunDir(run_dir, writable=self.is_chief)
         self.devices = devices
-        self.echo = echo
-        self.strategy = None
+        self.echo = echo if self.is_chief else (lambda *_: None)
+        self.strategy = strategy
         self.model = None
         self.trainer = None
         self.inputs = None
@@ -68,10 +71,13 @@ class Experiment:
         self.run_dir.create().save_config(cfg)
         keras.utils.set_random_seed(cfg.seed)
         self.inputs = sources.prepare_domains(cfg, echo=self.echo)
-        pipeline.write_manifest(
-            self.run_dir / run_dir_lib.MANIFEST, {i.domain.name: i.manifest_entry() for i in self.inputs}
-        )
-        self.strategy = make_strategy(self.devices)
+        if self.is_chief:
+            pipeline.write_manifest(
+                self.run_dir / run_dir_lib.MANIFEST,
+                {i.domain.name: i.manifest_entry() for i in self.inputs},
+            )
+        if self.strategy is None:
+            self.strategy = make_strategy(self.devices)
         with self.strategy.scope():
             self.model = UniversalSegmenter.from_experiment(cfg)
             self.model.build()
@@ -80,13 +86,17 @@ class Experiment:
             "method": cfg.method,
             "devices": list(self.strategy.extended.worker_devices),
             "replicas": self.strategy.num_replicas_in_sync,
+            "workers": cluster.num_workers(self.strategy),
             "precision": precision.resolve(cfg.train.precision),
             **_versions(),
             "parameters": int(self.model.count_params()),
         })
         logs = self.run_dir.tensorboard
-        self.train_writer = tf.summary.create_file_writer(str(logs / "train"))
-        self.val_writer = tf.summary.create_file_writer(str(logs / "validation"))
+        if self.is_chief:
+            self.train_writer = tf.summary.create_file_writer(str(logs / "train"))
+            self.val_writer = tf.summary.create_file_writer(str(logs / "validation"))
+        else:
+            self.train_writer = self.val_writer = tf.summary.create_noop_writer()
         multiplier = cfg.train.encoder_lr_multiplier
         if multiplier is None:
             multiplier = default_encoder_lr_multiplier(pretrained=bool(cfg.model.backbone_weights))
@@ -95,12 +105,13 @@ class Experiment:
             encoder_lr_multiplier=multiplier,
             freeze_encoder_batchnorm=cfg.train.freeze_encoder_batchnorm,
         )
-        self.monitor = RunMonitor(
-            logs, self.inputs, cfg, self.val_writer,
-            has_centroids=self.run_dir.has_label_centroids,
-            predictors=self._predictors,
-        )
-        self.monitor.write_hparams()
+        if self.is_chief:  # Other workers of a multi-worker run write no TensorBoard data.
+            self.monitor = RunMonitor(
+                logs, self.inputs, cfg, self.val_writer,
+                has_centroids=self.run_dir.has_label_centroids,
+                predictors=self._predictors,
+            )
+            self.monitor.write_hparams()
 
     # -- stages ---------------------------------------------------------------------
 
@@ -186,7 +197,8 @@ class Experiment:
             self.echo(f"[{stage.name}] step {step}/{steps}: " + ", ".join(
                 f"mIoU {d} {r['miou']:.3f}" for d, r in results.items()
             ))
-        self.monitor.on_step(self.model, step, offset + step)
+        if self.monitor:
+            self.monitor.on_step(self.model, step, offset + step)
 
     def _fit_centroids(self, refit_projection=True):
         cfg = self.config
@@ -213,11 +225,10 @@ class Experiment:
         started = time.perf_counter()
         report = self._fit_centroids(refit_projection=True)
         self.run_dir.write_json(run_dir_lib.CENTROIDS_REPORT, report)
-        manager = tf.train.CheckpointManager(
-            tf.train.Checkpoint(model=self.model), str(self.run_dir.checkpoints(stage.name)), 1)
-        path = manager.save(checkpoint_number=0)
+        path = self.trainer.save_weights(stage.name)
         self.run_dir.mark_done(stage.name, seconds=round(time.perf_counter() - started, 2))
-        self.monitor.write_projector(self.model, global_step)
+        if self.monitor:
+            self.monitor.write_projector(self.model, global_step)
         self.echo(f"[{stage.name}] fitted {self.model.centroids_per_class} centroids per class "
                   f"in {time.perf_counter() - started:.1f}s")
         return path
@@ -255,17 +266,19 @@ class Experiment:
                     if iou is not None:
                         tf.summary.scalar(f"iou/{domain}/{name}", iou)
         self.val_writer.flush()
-        self.monitor.on_validation(self.model, results, self.confusions, global_step)
+        if self.monitor:
+            self.monitor.on_validation(self.model, results, self.confusions, global_step)
 
 
-def run_supervised(config, run_dir, devices=None, echo=print):
+def run_supervised(config, run_dir, devices=None, echo=print, strategy=None):
     """One independent single-domain run per domain, in ``supervised/<domain>/``.
 
     Each is a ``univ_basic`` run of that domain alone for ``pretrain_steps +
     steps`` steps (``method.supervised_domain_config``); the figures are
     gathered in ``run_dir``.
     """
-    parent = run_dir_lib.RunDir(run_dir).create().save_config(config)
+    chief = strategy is None or cluster.is_chief(strategy)
+    parent = run_dir_lib.RunDir(run_dir, writable=chief).create().save_config(config)
     parent.write_json(run_dir_lib.RUN_INFO, {
         "seed": config.seed,
         "method": config.method,
@@ -283,18 +296,23 @@ def run_supervised(config, run_dir, devices=None, echo=print):
             continue
         echo(f"[supervised] {domain.name}: an independent model, labelled data only")
         sub_config = method.supervised_domain_config(config, domain)
-        results.update(Experiment(sub_config, child.path, devices, echo).run())
+        results.update(Experiment(sub_config, child.path, devices, echo, strategy=strategy).run())
         keras.utils.clear_session()  # The next domain's model starts from a clean slate.
         parent.mark_done(key, miou=results[domain.name]["miou"])
     parent.write_json(run_dir_lib.METRICS, results)
     return results
 
 
-def run_experiment(config, run_dir, devices=None, echo=print):
-    """Library entry point: runs ``config`` in ``run_dir``; returns figures per domain."""
+def run_experiment(config, run_dir, devices=None, echo=print, strategy=None):
+    """Library entry point: runs ``config`` in ``run_dir``; returns figures per domain.
+
+    ``strategy``: a ``tf.distribute`` strategy made at program start (e.g.
+    ``cluster.multi_worker_strategy()`` for a ``TF_CONFIG`` cluster); default
+    ``MirroredStrategy`` over ``devices``.
+    """
     if config.method == "supervised":
-        return run_supervised(config, run_dir, devices=devices, echo=echo)
-    return Experiment(config, run_dir, devices=devices, echo=echo).run()
+        return run_supervised(config, run_dir, devices=devices, echo=echo, strategy=strategy)
+    return Experiment(config, run_dir, devices=devices, echo=echo, strategy=strategy).run()
 
 
 def format_results(results):

@@ -83,6 +83,7 @@ class StageTrainer:
         self.last_logs = {}
         self.encoder_lr_multiplier = encoder_lr_multiplier
         self.is_chief = cluster.is_chief(strategy)
+        self._barrier = None
         if freeze_encoder_batchnorm:
             freeze_batchnorm(model.encoder)
 
@@ -101,6 +102,28 @@ class StageTrainer:
             tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer).restore(
                 path).assert_existing_objects_matched()
             step.assign(self.model.optimizer.iterations)
+
+    def barrier(self):
+        """Waits until every worker gets here (a collective no-op); nothing on one machine.
+
+        After the chief wrote a checkpoint, the others may read it.
+        """
+        if cluster.num_workers(self.strategy) > 1:
+            if self._barrier is None:
+                strategy = self.strategy
+                self._barrier = tf.function(lambda: strategy.reduce(
+                    tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None))
+            with cluster.watch("waiting for every worker (barrier)"):
+                self._barrier()
+
+    def save_weights(self, stage):
+        """Checkpoints the model's weights as stage ``stage`` (step 0); returns the chief's path."""
+        checkpoint = tf.train.Checkpoint(model=self.model)
+        manager = tf.train.CheckpointManager(checkpoint, str(self.run_dir.checkpoints(stage)), 1)
+        self._save(checkpoint, manager, 0)
+        self.barrier()
+        return manager.latest_checkpoint if self.is_chief else tf.train.latest_checkpoint(
+            str(self.run_dir.checkpoints(stage)))
 
     def _distributed_step(self):
         """One training step on every replica (``model.train_step``), logs averaged over replicas.
@@ -173,8 +196,11 @@ class StageTrainer:
             train_step = self._distributed_step()
             logger.on_train_begin()
             for done in range(steps - start):
-                logger.on_train_batch_end(done, train_step(batches))
+                with cluster.watch(f"[{stage}] training step {start + done + 1}"):
+                    logs = train_step(batches)
+                logger.on_train_batch_end(done, logs)
                 current = start + done + 1
                 on_step(current, lambda current=current: save_at(current))
         self.last_logs = logger.last_logs
-        return manager.latest_checkpoint
+        self.barrier()  # The chief's last checkpoint is on disk for every worker.
+        return tf.train.latest_checkpoint(str(self.run_dir.checkpoints(stage)))
