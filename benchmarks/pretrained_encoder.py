@@ -8,8 +8,8 @@ style, ``synth_idd`` (hazy noon, its own label space), never seen by the
 quickstart. Its encoder is saved (``usss-tf weights encoder``) and the
 quickstart (``pipelines/quickstart.yaml``, synth_city + synth_camvid, 10
 labels each) is trained per seed from scratch, from the pretrained encoder
-with the default multiplier (0.1), and with multiplier 1.0. Everything else
-is the quickstart's. Reports every run's validation mIoU, mean +- std per
+(``train.encoder_lr_multiplier`` 1.0, the default) and with multiplier 0.1.
+Everything else is the quickstart's. Reports every run's validation mIoU, mean +- std per
 variant and the paired (same seed) differences to scratch.
 """
 
@@ -66,7 +66,7 @@ def main():
     variants = {
         "scratch": [],
         "pretrained": [f"model.backbone_weights={weights}"],
-        "pretrained_lr_x1": [f"model.backbone_weights={weights}", "train.encoder_lr_multiplier=1.0"],
+        "pretrained_lr_x0.1": [f"model.backbone_weights={weights}", "train.encoder_lr_multiplier=0.1"],
     }
     results = {name: {} for name in variants}
     for seed in [int(s) for s in args.seeds.split(",")]:

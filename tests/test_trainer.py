@@ -10,7 +10,7 @@ from usss_tf import precision
 from usss_tf.method import Objective
 from usss_tf.model.segmenter import UniversalSegmenter
 from usss_tf.run_dir import RunDir
-from usss_tf.optimizer import default_encoder_lr_multiplier, make_optimizer
+from usss_tf.optimizer import make_optimizer
 from usss_tf.trainer import StageTrainer, freeze_batchnorm
 
 DOMAINS = {"a": 3, "b": 4}
@@ -128,8 +128,3 @@ def test_freeze_batchnorm_reaches_every_encoder_batchnorm():
     norms = [w for w in model.encoder.weights if "moving_mean" in w.path]
     assert frozen == len(norms) > 10
     assert not any("gamma" in w.path for w in model.encoder.trainable_weights)
-
-
-def test_pretrained_encoders_default_to_a_tenth_of_the_rate():
-    assert default_encoder_lr_multiplier(pretrained=True) == 0.1
-    assert default_encoder_lr_multiplier(pretrained=False) == 1.0

@@ -208,9 +208,8 @@ class TrainConfig:
     # float32, mixed_float16, mixed_bfloat16, or auto: bf16 on CPUs with AMX /
     # AVX512-BF16, float16 on GPUs with tensor cores, else float32 (usss_tf.precision).
     precision: str = "float32"
-    # The encoder's learning rate relative to the decoders and heads; empty =
-    # 0.1 when model.backbone_weights is set, 1.0 from scratch (usss_tf.optimizer).
-    encoder_lr_multiplier: typing.Optional[float] = None
+    # The encoder's learning rate relative to the decoders and heads (usss_tf.optimizer).
+    encoder_lr_multiplier: float = 1.0
     # Keep the encoder's BatchNorm as loaded (statistics and affine): for
     # pretrained encoders trained with small batches.
     freeze_encoder_batchnorm: bool = False
@@ -231,7 +230,7 @@ class TrainConfig:
             raise ConfigError(f"key '{key}.image_every': must be >= 0 (0 = panels only at validations)")
         if self.panel_images < 0:
             raise ConfigError(f"key '{key}.panel_images': must be >= 0 (0 = no image panels)")
-        if self.encoder_lr_multiplier is not None and self.encoder_lr_multiplier < 0:
+        if self.encoder_lr_multiplier < 0:
             raise ConfigError(f"key '{key}.encoder_lr_multiplier': must be >= 0 (0 = a fixed encoder)")
         if self.precision not in PRECISIONS:
             raise ConfigError(

@@ -32,7 +32,6 @@ from usss_tf.data import pipeline, sources
 from usss_tf.errors import ConfigError
 from usss_tf.model.segmenter import UniversalSegmenter
 from usss_tf.monitoring import RunMonitor
-from usss_tf.optimizer import default_encoder_lr_multiplier
 from usss_tf.trainer import StageTrainer, make_strategy
 
 __all__ = ["Experiment", "format_results", "make_strategy", "run_experiment"]
@@ -97,12 +96,9 @@ class Experiment:
             self.val_writer = tf.summary.create_file_writer(str(logs / "validation"))
         else:
             self.train_writer = self.val_writer = tf.summary.create_noop_writer()
-        multiplier = cfg.train.encoder_lr_multiplier
-        if multiplier is None:
-            multiplier = default_encoder_lr_multiplier(pretrained=bool(cfg.model.backbone_weights))
         self.trainer = StageTrainer(
             self.model, self.strategy, self.run_dir, cfg.train, self.train_writer, echo=self.echo,
-            encoder_lr_multiplier=multiplier,
+            encoder_lr_multiplier=cfg.train.encoder_lr_multiplier,
             freeze_encoder_batchnorm=cfg.train.freeze_encoder_batchnorm,
         )
         if self.is_chief:  # Other workers of a multi-worker run write no TensorBoard data.
