@@ -106,13 +106,17 @@ def main(verbose):
               help="Devices for MirroredStrategy: a count or names like GPU:0,GPU:1 (default: all GPUs, else the CPU).")
 @click.option("--tensorboard", "with_tensorboard", is_flag=True,
               help="Serve TensorBoard on the run (loopback) while it trains, and after it until Ctrl-C.")
+@click.option("--ray-workers", default=None, type=click.IntRange(min=1),
+              help="Train on this many Ray Train workers (a local Ray cluster unless RAY_ADDRESS is set); "
+                   "needs the 'ray' extra.")
 @click.option("--worker-timeout", default=300.0, show_default=True, type=click.FloatRange(min=1),
               help="With TF_CONFIG (several workers): seconds a step, a barrier or connecting may take "
                    "before this worker ends with an error naming the unreachable peers.")
 @click.option("--tensorboard-port", default=6006, show_default=True, type=click.IntRange(0, 65535),
               help="Port for --tensorboard (0: any free port).")
 @_friendly_errors
-def train(config_path, overrides, run_dir, devices, with_tensorboard, tensorboard_port, worker_timeout):
+def train(config_path, overrides, run_dir, devices, with_tensorboard, tensorboard_port, ray_workers,
+          worker_timeout):
     """Train (or resume) the experiment described by CONFIG.yaml.
 
     With TF_CONFIG naming several workers (TFJob, Vertex AI, Ray Train), every
@@ -122,6 +126,17 @@ def train(config_path, overrides, run_dir, devices, with_tensorboard, tensorboar
     from usss_tf import cluster
     from usss_tf import config as config_lib
 
+    if ray_workers is not None:
+        from usss_tf import ray_launcher
+
+        config = config_lib.load_config(config_path, overrides)
+        target = run_dir or pathlib.Path("runs") / config.name
+        results = ray_launcher.train_on_ray(config_path, overrides, target, ray_workers,
+                                            worker_timeout=worker_timeout)
+        for domain, miou in results.items():
+            click.echo(f"{domain:<16} mIoU {miou:.3f}")
+        click.echo(f"run directory: {target}")
+        return
     workers = cluster.cluster_from_environment()
     strategy = None
     if workers is not None:
