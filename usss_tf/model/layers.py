@@ -47,9 +47,16 @@ class PaddedConv2D(keras.layers.Conv2D):
                 d * (k - 1) // 2 for d, k in zip(self.dilation_rate, self.kernel_size)
             )
         self.torch_padding = _pair(torch_padding)
+        self.strides = tuple(self.strides)
 
     def call(self, inputs):
         pad_h, pad_w = self.torch_padding
+        if self.strides == (1, 1) and self.torch_padding == self._same_size_padding():
+            # At stride 1 with odd kernels "SAME" pads symmetrically: PyTorch's
+            # padding, and the fastest oneDNN path (no separate pad op).
+            outputs = tf.nn.conv2d(inputs, self.kernel, strides=1, padding="SAME",
+                                   dilations=self.dilation_rate)
+            return self._finish(outputs)
         if pad_h or pad_w:
             # A separate pad: TensorFlow's CPU gradient kernels for dilated
             # convolutions (oneDNN) take VALID padding, not explicit padding.
@@ -58,6 +65,14 @@ class PaddedConv2D(keras.layers.Conv2D):
             inputs, self.kernel, strides=self.strides, padding="VALID",
             dilations=self.dilation_rate,
         )
+        return self._finish(outputs)
+
+    def _same_size_padding(self):
+        if any(k % 2 == 0 for k in self.kernel_size):
+            return None
+        return tuple(d * (k - 1) // 2 for d, k in zip(self.dilation_rate, self.kernel_size))
+
+    def _finish(self, outputs):
         if self.use_bias:
             outputs = tf.nn.bias_add(outputs, self.bias)
         if self.activation is not None:
