@@ -118,10 +118,11 @@ def test_two_workers_equal_one_process_and_resume_after_a_worker_dies(tiny_confi
     while not first.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert first.exists(), (tmp_path / "worker0.log").read_text()[-3000:]
-    workers[1].send_signal(signal.SIGKILL)
-    assert workers[0].wait(timeout=180) != 0  # The chief cannot go on alone: it ends, bounded.
-    assert "took longer than 60s" in (tmp_path / "worker0.log").read_text() or \
-        workers[0].returncode != 0
+    # A node failure takes both (the survivor ending alone in bounded time is
+    # test_an_unreachable_peer_ends_the_worker_in_bounded_time); re-running both resumes.
+    for worker in workers:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=60)
     workers = _start_workers(tiny_config, two, tmp_path)
     _wait(workers, tmp_path)
     assert "resuming from step" in (tmp_path / "worker0.log").read_text()

@@ -20,7 +20,7 @@ def test_two_ray_workers_train_a_tiny_config(tmp_path):
         tmp_path / "data", ("synth_city", "synth_camvid"), num_train=8, num_val=3, size=(32, 64), seed=0)
     config = {**TINY, "name": "ray_tiny", "domains": [
         {"name": name, "root": str(root), "labeled": 4} for name, root in roots.items()]}
-    config["train"] = {**TINY["train"], "pretrain_steps": 2, "steps": 2}
+    config["train"] = {**TINY["train"], "pretrain_steps": 1, "steps": 1, "checkpoint_every": 1}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     try:
@@ -34,4 +34,4 @@ def test_two_ray_workers_train_a_tiny_config(tmp_path):
     run = runs.load_run(tmp_path / "run")
     assert run.finished
     figures = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert figures["synth_city"]["miou"] == pytest.approx(results["synth_city"])
+    assert figures == results

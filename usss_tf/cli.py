@@ -128,13 +128,13 @@ def train(config_path, overrides, run_dir, devices, with_tensorboard, tensorboar
 
     if ray_workers is not None:
         from usss_tf import ray_launcher
+        from usss_tf.train import format_results as train_lib_format
 
         config = config_lib.load_config(config_path, overrides)
         target = run_dir or pathlib.Path("runs") / config.name
         results = ray_launcher.train_on_ray(config_path, overrides, target, ray_workers,
                                             worker_timeout=worker_timeout)
-        for domain, miou in results.items():
-            click.echo(f"{domain:<16} mIoU {miou:.3f}")
+        click.echo(train_lib_format(results))
         click.echo(f"run directory: {target}")
         return
     workers = cluster.cluster_from_environment()

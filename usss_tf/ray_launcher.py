@@ -43,7 +43,7 @@ def _train_worker(settings):
 
 def train_on_ray(config_path, overrides, run_dir, num_workers, worker_timeout=300.0, address=None,
                  cpus_per_worker=1):
-    """Trains ``config_path`` on ``num_workers`` Ray workers; returns the reported mIoU per domain.
+    """Trains ``config_path`` on ``num_workers`` Ray workers; returns the run's figures per domain.
 
     ``address``: a running Ray cluster (``ray start --head``; default: Ray's
     own discovery, else a local cluster on this machine).
@@ -68,5 +68,7 @@ def train_on_ray(config_path, overrides, run_dir, num_workers, worker_timeout=30
     result = trainer.fit()
     if result.error is not None:
         raise result.error
-    return {key.split("/", 1)[1]: value for key, value in (result.metrics or {}).items()
-            if key.startswith("miou/")}
+    # The chief wrote the figures into the (shared) run directory.
+    from usss_tf import run_dir as run_dir_lib
+
+    return run_dir_lib.RunDir(run_dir).read_json(run_dir_lib.METRICS, {})
