@@ -5,11 +5,11 @@ the config's batch (each worker takes its half of every step's examples),
 BatchNorm is synchronised, and the chief alone writes the run directory.
 
 The reference is one process with the same global batch on two replicas
-(two logical CPUs): the same split of every batch, so the same arithmetic up
-to the order of the all-reduce sums. (A one-replica run is the same model to
-float rounding after one step, ``test_distribution.py``; over several steps
-this tiny model, whose synchronised BatchNorm sees 2 images, amplifies the
-rounding of the cross-replica moments to ~1% of the weights.)
+(two logical CPUs): the same split of every batch, so the same arithmetic
+(measured: bit-identical weights). A one-replica run equals two replicas
+after one step (``test_distribution.py``) but drifts apart over several
+steps of this tiny config; that is open (see benchmarks/README.md, "Scaling
+out"), so it is not the reference here.
 """
 
 import json
