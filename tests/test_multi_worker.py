@@ -16,7 +16,6 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ import yaml
 
 from usss_tf import cluster
 from usss_tf.errors import ConfigError
+from usss_tf.testing import free_ports
 
 TINY = {
     "method": "univ_full", "seed": 0,
@@ -37,14 +37,6 @@ TINY = {
 }
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def _tf_config(addresses, index):
@@ -57,7 +49,7 @@ def _command(config, run_dir):
 
 
 def _start_workers(config, run_dir, logs):
-    addresses = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    addresses = [f"127.0.0.1:{p}" for p in free_ports(2)]
     workers = []
     for index in range(2):
         env = {**os.environ, "TF_CONFIG": _tf_config(addresses, index), "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -168,7 +160,7 @@ def test_malformed_tf_config_stops_the_cli_with_one_line(tiny_config):
 
 
 def test_an_unreachable_peer_ends_the_worker_in_bounded_time(tiny_config, tmp_path):
-    addresses = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    addresses = [f"127.0.0.1:{p}" for p in free_ports(2)]
     env = {**os.environ, "TF_CONFIG": _tf_config(addresses, 0)}
     command = _command(tiny_config, tmp_path / "run")
     command[-1] = "5"  # --worker-timeout 5

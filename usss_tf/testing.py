@@ -57,3 +57,16 @@ def bombs(width=6000, height=6000):
         "jpeg_baseline": jpeg_declaring(width, height, progressive=False),
         "jpeg_progressive": jpeg_declaring(width, height, progressive=True),
     }
+
+
+def free_ports(count):
+    """``count`` distinct TCP ports free on 127.0.0.1 now (held together while chosen)."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports

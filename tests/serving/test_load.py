@@ -17,6 +17,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from usss_tf.serving.metrics import METRICS_PATH
 from usss_tf.serving.server import ModelServer
+from usss_tf.testing import free_ports
 
 from .conftest import MODEL, predict_request
 
@@ -96,7 +97,7 @@ def test_without_monitoring_there_is_no_metrics_page(exported):
 @pytest.mark.slow
 def test_sigterm_lets_the_request_in_flight_finish(exported, tmp_path):
     """A large request is running when SIGTERM arrives: it is answered, then the server exits 0."""
-    ports = [str(p) for p in _free_ports(2)]
+    ports = [str(p) for p in free_ports(2)]
     process = subprocess.Popen(
         [sys.executable, "-m", "usss_tf.cli", "serve", "--model-base", str(exported.parent),
          "--port", ports[0], "--rest-port", ports[1], "--monitoring", "--grace-seconds", "120"],
@@ -125,16 +126,6 @@ def test_sigterm_lets_the_request_in_flight_finish(exported, tmp_path):
     assert "SIGTERM received" in process.stdout.read()
 
 
-def _free_ports(count):
-    import socket
-
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def _rest_port_answers(port):
