@@ -123,9 +123,16 @@ def multi_worker_strategy(cluster, timeout_seconds=DEFAULT_TIMEOUT_SECONDS):
     )
     with watch(f"connecting to the {cluster.num_workers} workers of {TF_CONFIG}"):
         strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
-        tf.function(lambda: strategy.reduce(
-            tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None))()
+        barrier_function(strategy)()
     return strategy
+
+
+def barrier_function(strategy):
+    """A ``tf.function`` that returns once every worker of ``strategy`` called it (a collective no-op)."""
+    import tensorflow as tf
+
+    return tf.function(lambda: strategy.reduce(
+        tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None))
 
 
 def watch(what):
@@ -136,7 +143,8 @@ def watch(what):
 
 
 def is_chief(strategy):
-    """Whether this process writes the run directory under ``strategy`` (always, on one machine)."""
+    """Whether this process writes the run directory under ``strategy`` (always on one machine,
+    and for ``None``)."""
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not resolver.cluster_spec().as_dict():
         return True

@@ -50,7 +50,7 @@ class Experiment:
             raise ConfigError(f"method {config.method!r} has no stage plan; use run_experiment")
         self.config = config
         # Under a multi-worker strategy only the chief writes the run directory.
-        self.is_chief = strategy is None or cluster.is_chief(strategy)
+        self.is_chief = cluster.is_chief(strategy)
         self.run_dir = run_dir_lib.RunDir(run_dir, writable=self.is_chief)
         self.devices = devices
         self.echo = echo if self.is_chief else (lambda *_: None)
@@ -273,7 +273,7 @@ def run_supervised(config, run_dir, devices=None, echo=print, strategy=None):
     steps`` steps (``method.supervised_domain_config``); the figures are
     gathered in ``run_dir``.
     """
-    chief = strategy is None or cluster.is_chief(strategy)
+    chief = cluster.is_chief(strategy)
     parent = run_dir_lib.RunDir(run_dir, writable=chief).create().save_config(config)
     parent.write_json(run_dir_lib.RUN_INFO, {
         "seed": config.seed,

@@ -110,9 +110,7 @@ class StageTrainer:
         """
         if cluster.num_workers(self.strategy) > 1:
             if self._barrier is None:
-                strategy = self.strategy
-                self._barrier = tf.function(lambda: strategy.reduce(
-                    tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None))
+                self._barrier = cluster.barrier_function(self.strategy)
             with cluster.watch("waiting for every worker (barrier)"):
                 self._barrier()
 
@@ -121,9 +119,8 @@ class StageTrainer:
         checkpoint = tf.train.Checkpoint(model=self.model)
         manager = tf.train.CheckpointManager(checkpoint, str(self.run_dir.checkpoints(stage)), 1)
         self._save(checkpoint, manager, 0)
-        self.barrier()
-        return manager.latest_checkpoint if self.is_chief else tf.train.latest_checkpoint(
-            str(self.run_dir.checkpoints(stage)))
+        self.barrier()  # The chief's file is on disk for every worker.
+        return tf.train.latest_checkpoint(str(self.run_dir.checkpoints(stage)))
 
     def _distributed_step(self):
         """One training step on every replica (``model.train_step``), logs averaged over replicas.

@@ -20,10 +20,10 @@ import numpy as np
 import tensorflow as tf
 
 from usss_tf.errors import ConfigError
+from usss_tf.model.backbones import OUTPUT_STRIDE
 from usss_tf.model.layers import batch_norm
 from usss_tf.model.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
-OUTPUT_STRIDE = 8
 FUSION_CHANNELS = 256
 _PROBE_SIZE = 64
 

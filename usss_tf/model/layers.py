@@ -47,16 +47,15 @@ class PaddedConv2D(keras.layers.Conv2D):
                 d * (k - 1) // 2 for d, k in zip(self.dilation_rate, self.kernel_size)
             )
         self.torch_padding = _pair(torch_padding)
-        self.strides = tuple(self.strides)
 
     def call(self, inputs):
-        pad_h, pad_w = self.torch_padding
-        if self.strides == (1, 1) and self.torch_padding == self._same_size_padding():
+        if tuple(self.strides) == (1, 1) and self.torch_padding == self._same_size_padding():
             # At stride 1 with odd kernels "SAME" pads symmetrically: PyTorch's
             # padding, and the fastest oneDNN path (no separate pad op).
             outputs = tf.nn.conv2d(inputs, self.kernel, strides=1, padding="SAME",
                                    dilations=self.dilation_rate)
             return self._finish(outputs)
+        pad_h, pad_w = self.torch_padding
         if pad_h or pad_w:
             # A separate pad: TensorFlow's CPU gradient kernels for dilated
             # convolutions (oneDNN) take VALID padding, not explicit padding.
