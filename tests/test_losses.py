@@ -48,3 +48,16 @@ def test_losses_are_float32_under_float16_inputs():
     logits = tf.cast(tf.random.normal([1, 2, 2, 3]), tf.float16)
     assert losses.entropy(logits).dtype == tf.float32
     assert losses.masked_cross_entropy(tf.zeros([1, 2, 2], tf.int32), logits).dtype == tf.float32
+
+
+def test_pseudo_label_cross_entropy_counts_confident_pixels_over_all_valid_ones():
+    logits = np.array([[[[2.0, 0.0], [0.0, 1.0], [3.0, 0.0], [1.0, 1.0]]]], np.float32)  # [1, 1, 4, 2]
+    pseudo = np.array([[[0, 0, 1, 1]]], np.int32)
+    confidence = np.array([[[0.99, 0.5, 0.97, 0.99]]], np.float32)  # pixel 1 below the threshold
+    valid = np.array([[[1.0, 1.0, 1.0, 0.0]]], np.float32)  # pixel 3 is crop padding
+    ce = [-math.log(math.exp(2) / (math.exp(2) + 1)), -math.log(1 / (math.exp(3) + 1))]
+    expected = sum(ce) / 3  # two confident valid pixels, three valid ones
+    value = losses.pseudo_label_cross_entropy(pseudo, confidence, valid, logits, threshold=0.95)
+    assert float(value) == pytest.approx(expected, rel=1e-6)
+    nothing_confident = losses.pseudo_label_cross_entropy(pseudo, confidence, valid, logits, threshold=1.0)
+    assert float(nothing_confident) == 0.0

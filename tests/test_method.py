@@ -17,6 +17,7 @@ def test_every_method_but_supervised_has_a_plan():
     assert [s.name for s in method.plan("finetune")] == ["source", "target"]
     assert [s.name for s in method.final_stages("univ_full")] == ["universal", "centroids", "pretrain"]
     assert method.has_label_centroids("univ_full")
+    assert method.has_label_centroids("univ_paper")
     assert not any(method.has_label_centroids(m) for m in ("univ_basic", "finetune", "supervised"))
 
 
@@ -28,6 +29,7 @@ def test_stages_pick_their_steps_domains_and_losses():
     assert (pretrain.steps(train), centroids.steps(train), universal.steps(train)) == (7, 0, 11)
     assert method.loss_weights(loss, pretrain) == {"supervised": 1.0}
     assert method.loss_weights(loss, universal) == dataclasses.asdict(loss)
+    assert universal.consistency and method.loss_weights(loss, universal)["consistency_strong"] == 0.5
     source, target = method.plan("finetune")
     assert source.select(["a", "b", "c"]) == ["a"] and target.select(["a", "b", "c"]) == ["b", "c"]
     assert method.loss_weights(loss, target) == {"supervised": 1.0}
@@ -48,7 +50,8 @@ def test_objective_weights():
     with pytest.raises(ValueError, match="unknown loss term 'entropy'"):
         Objective({"entropy": 1})
     assert Objective().weights == {"supervised": 1.0, "within_entropy": 0.0, "cross_entropy": 0.0,
-                                   "embedding_supervision": 0.0}
+                                   "embedding_supervision": 0.0, "consistency_strong": 0.0,
+                                   "consistency_feature": 0.0}
     single = Objective({"cross_entropy": 1.0}, num_domains=1)
     assert single.weights["cross_entropy"] == 0.0 and not single.uses_unlabeled
     full = Objective({"within_entropy": 0.1}, num_domains=2)

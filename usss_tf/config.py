@@ -17,10 +17,13 @@ from usss_tf.errors import ConfigError
 
 # supervised: one model per domain; finetune: train on the first domain, then
 # fine-tune on the others; univ_basic: shared encoder, supervised loss only;
-# univ_full: all losses of the paper (entropy module).
-METHODS = ("supervised", "finetune", "univ_basic", "univ_full")
+# univ_full: the entropy module and weak-to-strong consistency (every loss
+# term); univ_paper: the paper's method, univ_full without consistency.
+METHODS = ("supervised", "finetune", "univ_basic", "univ_full", "univ_paper")
 BACKBONES = ("erfnet", "drn_d_22", "drn_d_38", "drn_d_54", "drn_d_105", "hub")
 OPTIMIZERS = ("adamw", "sgd")
+# The config's sections besides name/method/seed/domains, in file order.
+SECTIONS = ("model", "data", "loss", "consistency", "centroids", "train")
 SOURCES = ("folder", "tfds")
 ON_BROKEN = ("stop", "skip")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -168,11 +171,45 @@ class LossConfig:
     within_entropy: float = 0.1  # beta in the paper.
     cross_entropy: float = 0.1  # alpha in the paper.
     embedding_supervision: float = 1.0  # 0 reproduces the published code.
+    # Weak-to-strong consistency on unlabelled images (univ_full only; the
+    # `consistency` section configures it): the strong CutMix view, and the
+    # feature-perturbation stream (channel dropout on the weak view's features).
+    consistency_strong: float = 0.5
+    consistency_feature: float = 0.5
 
     def validate(self, key="loss"):
         for name, value in dataclasses.asdict(self).items():
             if value < 0:
                 raise ConfigError(f"key '{key}.{name}': must be >= 0, got {value}")
+
+
+@dataclasses.dataclass
+class ConsistencyConfig:
+    """Weak-to-strong consistency (FixMatch / UniMatch) on each domain's unlabelled images.
+
+    The pipeline's augmented unlabelled crop is the weak view; its own
+    decoder's prediction, where the top probability is at least
+    ``threshold``, is the pseudo-label of a strongly perturbed copy
+    (colour jitter, grayscale, blur, and with probability ``cutmix`` a box
+    pasted from another unlabelled image of the batch, pseudo-labels pasted
+    with it) and of the weak features with whole channels dropped at rate
+    ``feature_dropout``.
+    """
+
+    threshold: float = 0.95
+    cutmix: float = 0.5
+    feature_dropout: float = 0.5
+    color_jitter: float = 0.8  # Probability of colour jitter on the strong view.
+    grayscale: float = 0.2
+    blur: float = 0.5
+
+    def validate(self, key="consistency"):
+        for name in ("threshold", "cutmix", "color_jitter", "grayscale", "blur"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"key '{key}.{name}': must be in [0, 1], got {value}")
+        if not 0.0 <= self.feature_dropout < 1.0:
+            raise ConfigError(f"key '{key}.feature_dropout': must be in [0, 1), got {self.feature_dropout}")
 
 
 @dataclasses.dataclass
@@ -248,6 +285,7 @@ class ExperimentConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    consistency: ConsistencyConfig = dataclasses.field(default_factory=ConsistencyConfig)
     centroids: CentroidConfig = dataclasses.field(default_factory=CentroidConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
@@ -271,7 +309,7 @@ class ExperimentConfig:
             if domain.name in seen:
                 raise ConfigError(f"key 'domains.{i}.name': domain {domain.name!r} is listed twice")
             seen.add(domain.name)
-        for section in ("model", "data", "loss", "centroids", "train"):
+        for section in SECTIONS:
             getattr(self, section).validate(section)
         return self
 

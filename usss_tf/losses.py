@@ -33,22 +33,50 @@ def masked_cross_entropy(labels, logits, ignore_label=IGNORE_LABEL):
     return tf.math.divide_no_nan(total, count)
 
 
-def replica_masked_cross_entropy(labels, logits, ignore_label=IGNORE_LABEL):
-    """This replica's share of the global masked cross-entropy, exact across replicas.
+def replica_mean(total, count):
+    """This replica's share of a global mean ``sum(total) / sum(count)`` over replicas.
 
-    Replicas hold different numbers of labelled pixels, so the mean of their
-    means is not the global mean. Each replica returns ``replicas x (its sum)
-    / (labelled pixels of all replicas)``: the replicas' average (the step
-    divides its loss by the replica count and sums gradients) is the mean over
-    every labelled pixel of the global batch. One replica: the plain mean.
+    Replicas hold different numbers of counted pixels, so the mean of their
+    means is not the global mean. Each replica returns ``replicas x total /
+    (count of all replicas)``: the replicas' average (the step divides its
+    loss by the replica count and sums gradients) is the global mean. One
+    replica: ``total / count``. 0 when nothing is counted anywhere.
     """
-    total, count = masked_cross_entropy_sum(labels, logits, ignore_label)
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     context = tf.distribute.get_replica_context()
     if replicas == 1 or context is None:
         return tf.math.divide_no_nan(total, count)
     global_count = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
     return tf.math.divide_no_nan(total, global_count) * float(replicas)
+
+
+def replica_masked_cross_entropy(labels, logits, ignore_label=IGNORE_LABEL):
+    """This replica's share of the masked cross-entropy over every labelled pixel of the
+    global batch (``replica_mean``), exact across replicas."""
+    return replica_mean(*masked_cross_entropy_sum(labels, logits, ignore_label))
+
+
+def pseudo_label_cross_entropy(pseudo_labels, confidence, valid, logits, threshold):
+    """Consistency loss: cross-entropy against pseudo-labels, confident pixels only.
+
+    As UniMatch: the sum over pixels whose pseudo-label confidence is at
+    least ``threshold``, divided by the number of valid pixels (confident or
+    not), so the loss grows with the share of confident pixels. Exact across
+    replicas (``replica_mean``).
+
+    Args:
+      pseudo_labels: int [B, H, W] class ids (argmax of the weak view).
+      confidence: float [B, H, W] their probability.
+      valid: float [B, H, W], 1 for image pixels, 0 for crop padding.
+      logits: float [B, H, W, C] of the perturbed view.
+      threshold: the confidence threshold.
+    """
+    logits = tf.cast(logits, tf.float32)
+    valid = tf.cast(valid, tf.float32)
+    per_pixel = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.cast(pseudo_labels, tf.int32), logits=logits)
+    confident = tf.cast(tf.cast(confidence, tf.float32) >= threshold, tf.float32) * valid
+    return replica_mean(tf.reduce_sum(per_pixel * confident), tf.reduce_sum(valid))
 
 
 def entropy(logits, axis=-1):

@@ -1,9 +1,11 @@
 """The method in one place: the stages each approach runs, and the loss it optimises.
 
-Four approaches are compared (``config.method``):
+Five approaches are compared (``config.method``):
 
 * ``univ_full``: pretrain (supervised, all domains) -> centroids -> universal
-  (every loss term: the entropy module on unlabelled images);
+  (every loss term: the entropy module and weak-to-strong consistency on
+  unlabelled images);
+* ``univ_paper``: the paper's method, ``univ_full`` without consistency;
 * ``univ_basic``: pretrain -> universal, supervised loss only (a shared encoder);
 * ``finetune``: source (the first domain) -> target (the other domains),
   supervised loss only;
@@ -23,13 +25,16 @@ import tensorflow as tf
 
 from usss_tf import config as config_lib
 from usss_tf import losses
+from usss_tf.data import strong_views
 
 METHODS = config_lib.METHODS  # The names; the config validates against them.
 
 # Stage names: checkpoint folders and stages.json keys of a run directory.
 PRETRAIN, CENTROIDS, UNIVERSAL, SOURCE, TARGET = "pretrain", "centroids", "universal", "source", "target"
 
-LOSS_TERMS = ("supervised", "within_entropy", "cross_entropy", "embedding_supervision")
+LOSS_TERMS = ("supervised", "within_entropy", "cross_entropy", "embedding_supervision",
+              "consistency_strong", "consistency_feature")
+CONSISTENCY_TERMS = ("consistency_strong", "consistency_feature")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +47,7 @@ class Stage:
       domains: which domains it trains on: ``all``, ``first`` or ``rest``.
       steps_key: the ``train.*`` key that counts its steps.
       all_losses: every loss term of ``config.loss`` (else the supervised loss only).
+      consistency: with ``all_losses``, the consistency terms too (else they are off).
     """
 
     name: str
@@ -49,6 +55,7 @@ class Stage:
     domains: str = "all"
     steps_key: str = "pretrain_steps"
     all_losses: bool = False
+    consistency: bool = False
 
     def steps(self, train_config):
         """Optimizer steps of this stage under ``train_config`` (0 for the centroid stage)."""
@@ -61,6 +68,11 @@ class Stage:
 
 PLANS = {
     "univ_full": (
+        Stage(PRETRAIN),
+        Stage(CENTROIDS, fits_centroids=True),
+        Stage(UNIVERSAL, steps_key="steps", all_losses=True, consistency=True),
+    ),
+    "univ_paper": (
         Stage(PRETRAIN),
         Stage(CENTROIDS, fits_centroids=True),
         Stage(UNIVERSAL, steps_key="steps", all_losses=True),
@@ -103,10 +115,14 @@ def supervised_domain_config(config, domain_config):
 
 
 def loss_weights(loss_config, stage):
-    """``{term: weight}`` of ``stage``: every term of ``loss_config`` or the supervised one only."""
-    if stage.all_losses:
-        return dataclasses.asdict(loss_config)
-    return {"supervised": loss_config.supervised}
+    """``{term: weight}`` of ``stage``: every term of ``loss_config`` (the consistency
+    terms only where the stage has them) or the supervised one only."""
+    if not stage.all_losses:
+        return {"supervised": loss_config.supervised}
+    weights = dataclasses.asdict(loss_config)
+    if not stage.consistency:
+        weights.update(dict.fromkeys(CONSISTENCY_TERMS, 0.0))
+    return weights
 
 
 class Objective:
@@ -117,6 +133,8 @@ class Objective:
         are off, ``supervised`` defaults to 1.
       num_domains: the model's number of domains; with one there is no
         cross-domain term (its weight is set to 0).
+      consistency: the ``ConsistencyConfig`` (threshold, feature dropout) of
+        the consistency terms; needed when their weights are on.
 
     The terms (p_d is the softmax over domain d's classes of the similarity
     between a pixel's embedding and d's label centroids):
@@ -125,10 +143,15 @@ class Objective:
     * within_entropy (beta): H(p_d) on unlabelled pixels of domain d;
     * cross_entropy (alpha): mean over d' != d of H(p_d') on the same pixels;
     * embedding_supervision: cross-entropy of p_d against the labels, which
-      keeps the embedding from collapsing onto one centroid.
+      keeps the embedding from collapsing onto one centroid;
+    * consistency_strong: cross-entropy of domain d's decoder on the strong
+      CutMix view of its unlabelled images against the weak view's confident
+      pseudo-labels (pasted with the box);
+    * consistency_feature: the same on the weak view's encoder features with
+      whole channels dropped (UniMatch's feature-perturbation stream).
     """
 
-    def __init__(self, weights=None, num_domains=None):
+    def __init__(self, weights=None, num_domains=None, consistency=None):
         merged = dict.fromkeys(LOSS_TERMS, 0.0)
         merged["supervised"] = 1.0
         for key, value in (weights or {}).items():
@@ -138,47 +161,69 @@ class Objective:
         if num_domains is not None and num_domains < 2:
             merged["cross_entropy"] = 0.0
         self.weights = merged
+        if self.uses_consistency and consistency is None:
+            raise ValueError("consistency terms are on: pass the ConsistencyConfig (consistency=)")
+        self.consistency = consistency
 
     @property
-    def uses_unlabeled(self):
+    def uses_consistency(self):
+        return any(self.weights[t] > 0 for t in CONSISTENCY_TERMS)
+
+    @property
+    def uses_entropy(self):
         return self.weights["within_entropy"] > 0 or self.weights["cross_entropy"] > 0
 
     @property
+    def uses_unlabeled(self):
+        return self.uses_entropy or self.uses_consistency
+
+    @property
     def uses_embedding(self):
-        return self.uses_unlabeled or self.weights["embedding_supervision"] > 0
+        return self.uses_entropy or self.weights["embedding_supervision"] > 0
 
     def terms(self, model, batch, training=True):
         """Every weighted loss term for one batch, as a dict ``{term/domain: scalar}``.
 
         ``batch`` maps each domain to ``{"images", "labels"}`` (crops the
-        pipeline already resized by the domain's scale) and, when the entropy
-        terms are on, ``"unlabeled"`` images of the same size. All images go
-        through the encoder in one pass.
+        pipeline already resized by the domain's scale) and, when terms on
+        unlabelled images are on, ``"unlabeled"`` images of the same size (and
+        for consistency their strong views, ``pipeline.train_dataset``). All
+        images go through the encoder in one pass.
         """
         names = [d for d in model.domains if d in batch]
         w = self.weights
-        use_unlabeled = self.uses_unlabeled
         cross = w["cross_entropy"] > 0 and len(model.domains) > 1
         # What is left of the domain's preprocessing is normalisation: the
         # augmentation resized images and masks together.
-        chunks = []
+        chunks, where = [], {}
+
+        def add(key, images):
+            where[key] = len(chunks)
+            chunks.append(images)
+
         for d in names:
             normalize = model.preprocessor(d).normalize
-            chunks.append(normalize(batch[d]["images"]))
-            if use_unlabeled and "unlabeled" in batch[d]:
-                chunks.append(normalize(batch[d]["unlabeled"]))
+            add((d, "labeled"), normalize(batch[d]["images"]))
+            if self.uses_unlabeled and "unlabeled" in batch[d]:
+                add((d, "weak"), normalize(batch[d]["unlabeled"]))
+                if self.uses_consistency:
+                    if "unlabeled_strong" not in batch[d]:
+                        raise ValueError(f"domain {d!r}: consistency terms are on but the batch has no "
+                                         "strong views (pipeline.train_dataset(consistency=...))")
+                    strong = strong_views.paste_partner(batch[d]["unlabeled_strong"], batch[d]["cutmix_box"])
+                    add((d, "strong"), normalize(strong))
         sizes = [tf.shape(c)[0] for c in chunks]
         features = tf.split(model.encode(tf.concat(chunks, 0), training=training), sizes, 0)
-        embeddings = (tf.split(model.embed(tf.concat(features, 0)), sizes, 0)
-                      if self.uses_embedding else None)
+        embedded = [i for (_, view), i in where.items() if view != "strong"] if self.uses_embedding else []
+        embeddings = dict(zip(embedded, tf.split(
+            model.embed(tf.concat([features[i] for i in embedded], 0)),
+            [sizes[i] for i in embedded], 0))) if embedded else {}
 
         terms = {}
-        index = 0
         for d in names:
             labels = batch[d]["labels"]
             label_size = tf.shape(labels)[1:3]
-            labelled = index
-            index += 1
+            labelled = where[(d, "labeled")]
             if w["supervised"] > 0:
                 logits = model.decode(features[labelled], d, label_size)
                 terms[f"supervised/{d}"] = losses.replica_masked_cross_entropy(labels, logits)
@@ -186,9 +231,11 @@ class Objective:
                 sim = model.similarity_logits(embeddings[labelled], d)
                 sim = tf.image.resize(sim, label_size, method="bilinear")
                 terms[f"embedding_supervision/{d}"] = losses.replica_masked_cross_entropy(labels, sim)
-            if use_unlabeled and "unlabeled" in batch[d]:
-                unlabeled = embeddings[index]
-                index += 1
+            if (d, "weak") not in where:
+                continue
+            weak = where[(d, "weak")]
+            if self.uses_entropy:
+                unlabeled = embeddings[weak]
                 if w["within_entropy"] > 0:
                     terms[f"within_entropy/{d}"] = losses.entropy(model.similarity_logits(unlabeled, d))
                 others = [o for o in model.domains if o != d]
@@ -196,8 +243,53 @@ class Objective:
                     terms[f"cross_entropy/{d}"] = tf.add_n(
                         [losses.entropy(model.similarity_logits(unlabeled, o)) for o in others]
                     ) / float(len(others))
+            if self.uses_consistency:
+                terms.update(self._consistency_terms(
+                    model, d, batch[d], features[weak], features[where[(d, "strong")]]))
+        return terms
+
+    def _consistency_terms(self, model, domain, batch, weak_features, strong_features):
+        """The consistency terms of one domain (see the class docstring)."""
+        c, w = self.consistency, self.weights
+        size = tf.shape(batch["unlabeled"])[1:3]
+        weak_logits = tf.cast(model.decode(weak_features, domain, size), tf.float32)
+        probabilities = tf.stop_gradient(tf.nn.softmax(weak_logits))
+        pseudo_labels = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+        confidence = tf.reduce_max(probabilities, axis=-1)
+        valid = batch["unlabeled_valid"]
+        terms = {}
+        if w["consistency_strong"] > 0:
+            box = batch["cutmix_box"]
+            strong_logits = model.decode(strong_features, domain, size)
+            terms[f"consistency_strong/{domain}"] = losses.pseudo_label_cross_entropy(
+                strong_views.paste_partner(pseudo_labels, box), strong_views.paste_partner(confidence, box),
+                strong_views.paste_partner(valid, box), strong_logits, c.threshold)
+        if w["consistency_feature"] > 0:
+            perturbed = channel_dropout(weak_features, c.feature_dropout, batch["unlabeled_seed"])
+            terms[f"consistency_feature/{domain}"] = losses.pseudo_label_cross_entropy(
+                pseudo_labels, confidence, valid, model.decode(perturbed, domain, size), c.threshold)
         return terms
 
     def total(self, terms):
         """The weighted sum of ``terms``."""
         return tf.add_n([self.weights[key.split("/")[0]] * value for key, value in terms.items()])
+
+
+def channel_dropout(features, rate, seeds):
+    """Drops whole channels of each sample (``Dropout2d``), drawn from that sample's seed.
+
+    Args:
+      features: [B, H, W, C].
+      rate: the probability of dropping a channel; kept ones are scaled by 1 / (1 - rate).
+      seeds: int [B, 2], one stateless seed per sample (the same sample gets the
+        same mask whichever replica or step count it runs under).
+    """
+    if rate <= 0:
+        return features
+    channels = tf.shape(features)[-1]
+    noise = tf.map_fn(
+        lambda seed: tf.random.stateless_uniform(
+            [channels], tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), 1)),
+        seeds, fn_output_signature=tf.float32)
+    keep = tf.cast(noise >= rate, features.dtype) / tf.cast(1.0 - rate, features.dtype)
+    return features * keep[:, None, None, :]

@@ -25,6 +25,7 @@ from tensorboard.plugins.hparams import api as hp
 
 from usss_tf import config as config_lib
 from usss_tf import inference, projector, visualize
+from usss_tf import method as method_lib
 
 PANEL_DESCRIPTION = (
     "input | ground truth | prediction{} — colours are the domain's palette, ignore is black"
@@ -57,7 +58,7 @@ def hparam_values(config):
         for key, value in dataclasses.asdict(domain).items():
             if key not in _DOMAIN_KEYS_SKIPPED:
                 values[f"{domain.name}.{key}"] = value
-    for section in ("model", "data", "loss", "centroids", "train"):
+    for section in config_lib.SECTIONS:
         values.update(config_lib.flatten(dataclasses.asdict(getattr(config, section)), f"{section}."))
     return {k: _hparam_value(v) for k, v in values.items() if k not in config_lib.WATCH_ONLY_KEYS}
 
@@ -126,7 +127,7 @@ class RunMonitor:
 
     def write_projector(self, model, global_step):
         """The label centroids in the embedding projector (runs that have centroids only)."""
-        if self.config.method != "univ_full":
+        if not method_lib.has_label_centroids(self.config.method):
             return None
         return projector.write_centroid_projector(
             self.log_dir, model, [i.domain for i in self.inputs], global_step

@@ -15,6 +15,7 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
+from usss_tf.data import strong_views
 from usss_tf.domains import IGNORE_LABEL
 from usss_tf.errors import ConfigError, DatasetError
 from usss_tf.model.preprocessing import scaled_size
@@ -159,8 +160,15 @@ def _sample_index(i, n, seed):
     return tf.gather(permutation, tf.cast(i % n, tf.int32))
 
 
-def _stream(images, labels, batch_size, start_step, num_steps, seed, crop, scale, augment_config, table):
-    """A batched stream of augmented crops for steps ``[start_step, start_step + num_steps)``."""
+def _stream(images, labels, batch_size, start_step, num_steps, seed, crop, scale, augment_config, table,
+            consistency=None):
+    """A batched stream of augmented crops for steps ``[start_step, start_step + num_steps)``.
+
+    Labelled: ``(images, labels)``. Unlabelled: ``images``, or with
+    ``consistency`` (a ``ConsistencyConfig``) a dict of the weak view
+    (``unlabeled``), its strong view, CutMix box, valid-pixel mask (0 where
+    the crop is padding) and the sample's seed (``strong_views``).
+    """
     n = len(images)
     image_paths = tf.constant(images)
     label_paths = tf.constant(labels) if labels is not None else None
@@ -168,10 +176,25 @@ def _stream(images, labels, batch_size, start_step, num_steps, seed, crop, scale
     def load(i):
         index = _sample_index(i, n, seed)
         image = decode_image(tf.gather(image_paths, index))
-        label = decode_label(tf.gather(label_paths, index), table) if label_paths is not None else None
         element_seed = tf.stack([tf.cast(seed, tf.int64) + 7919, i])
-        image, label = augment(image, label, element_seed, crop, scale, augment_config)
-        return (image, tf.cast(label, tf.int32)) if label is not None else image
+        if label_paths is not None:
+            label = decode_label(tf.gather(label_paths, index), table)
+            image, label = augment(image, label, element_seed, crop, scale, augment_config)
+            return image, tf.cast(label, tf.int32)
+        if consistency is None:
+            return augment(image, None, element_seed, crop, scale, augment_config)[0]
+        # A blank label marks the padding of crops larger than the image.
+        blank = tf.zeros(tf.shape(image)[:2], tf.uint8)
+        image, padding = augment(image, blank, element_seed, crop, scale, augment_config)
+        view_seed = tf.stack([tf.cast(seed, tf.int64) + 104729, i])
+        box_seed = tf.stack([tf.cast(seed, tf.int64) + 1299709, i])
+        return {
+            "unlabeled": image,
+            "unlabeled_strong": strong_views.strong_photometric(image, view_seed, consistency),
+            "cutmix_box": strong_views.cutmix_box(crop, box_seed, consistency.cutmix),
+            "unlabeled_valid": tf.cast(tf.not_equal(padding, IGNORE_LABEL), tf.float32),
+            "unlabeled_seed": view_seed,
+        }
 
     first = start_step * batch_size
     last = (start_step + num_steps) * batch_size
@@ -180,15 +203,18 @@ def _stream(images, labels, batch_size, start_step, num_steps, seed, crop, scale
     return ds.batch(batch_size, drop_remainder=True)
 
 
-def train_dataset(domain_inputs, data_config, seed, start_step, num_steps, with_unlabeled=True):
-    """One element per step: ``{domain: {"images", "labels"[, "unlabeled"]}}``.
+def train_dataset(domain_inputs, data_config, seed, start_step, num_steps, with_unlabeled=True,
+                  consistency=None):
+    """One element per step: ``{domain: {"images", "labels"[, "unlabeled", ...]}}``.
 
     Args:
       domain_inputs: list of ``DomainInputs`` (one per domain, config order).
       data_config: ``DataConfig`` (crop, batch sizes, augmentation).
       seed: experiment seed.
       start_step, num_steps: the steps this dataset covers.
-      with_unlabeled: add the unlabelled stream (entropy terms).
+      with_unlabeled: add the unlabelled stream (entropy and consistency terms).
+      consistency: a ``ConsistencyConfig`` to add the strong views of the
+        unlabelled stream (``_stream``); None: weak views only.
     """
     per_domain = {}
     crop = tuple(data_config.crop)
@@ -205,11 +231,11 @@ def train_dataset(domain_inputs, data_config, seed, start_step, num_steps, with_
             unlabeled = _stream(
                 [e.image for e in inputs.unlabeled], None, data_config.unlabeled_batch_size,
                 start_step, num_steps, base * 4 + UNLABELED_STREAM, crop, inputs.scale,
-                data_config.augment, table,
+                data_config.augment, table, consistency=consistency,
             )
-            labeled = tf.data.Dataset.zip(labeled, unlabeled).map(
-                lambda l, u: {**l, "unlabeled": u}
-            )
+            if consistency is None:
+                unlabeled = unlabeled.map(lambda u: {"unlabeled": u})
+            labeled = tf.data.Dataset.zip(labeled, unlabeled).map(lambda l, u: {**l, **u})
         per_domain[inputs.domain.name] = labeled
     ds = tf.data.Dataset.zip(per_domain)
     options = tf.data.Options()

@@ -1,0 +1,198 @@
+"""Weak-to-strong consistency: the objective's terms against a hand computation, the
+strong views through the real pipeline, and a killed univ_full run resuming exactly."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from usss_tf import config as config_lib
+from usss_tf import losses, method, train as train_lib
+from usss_tf.data import strong_views
+from usss_tf.method import Objective
+from usss_tf.model.segmenter import UniversalSegmenter
+
+DOMAINS = {"a": 3, "b": 4}
+ON = {"supervised": 1.0, "consistency_strong": 0.5, "consistency_feature": 0.5}
+
+
+def _model():
+    keras.utils.set_random_seed(0)
+    model = UniversalSegmenter(DOMAINS, width=0.25, embedding_dim=8, centroids_per_class=2)
+    model.build()
+    return model
+
+
+def _batch(rng, size=(16, 32), n=4):
+    batch = {}
+    for name, classes in DOMAINS.items():
+        weak = rng.uniform(0, 255, (n, *size, 3)).astype(np.float32)
+        valid = np.ones((n, *size), np.float32)
+        valid[:, :, -3:] = 0  # crop padding on the right
+        boxes = np.zeros((n, *size), np.float32)
+        boxes[0, 2:9, 5:20] = 1
+        boxes[3, 0:6, 0:12] = 1
+        batch[name] = {
+            "images": tf.constant(rng.uniform(0, 255, (n, *size, 3)), tf.float32),
+            "labels": tf.constant(rng.integers(0, classes, (n, *size)), tf.int32),
+            "unlabeled": tf.constant(weak),
+            "unlabeled_strong": tf.constant(rng.uniform(0, 255, (n, *size, 3)), tf.float32),
+            "cutmix_box": tf.constant(boxes),
+            "unlabeled_valid": tf.constant(valid),
+            "unlabeled_seed": tf.constant(rng.integers(0, 1000, (n, 2)), tf.int64),
+        }
+    return batch
+
+
+def test_objective_needs_the_consistency_config_when_its_terms_are_on():
+    with pytest.raises(ValueError, match="ConsistencyConfig"):
+        Objective(ON)
+    assert not Objective({"within_entropy": 1.0}).uses_consistency
+    objective = Objective(ON, consistency=config_lib.ConsistencyConfig())
+    assert objective.uses_consistency and objective.uses_unlabeled and not objective.uses_embedding
+
+
+def test_consistency_terms_equal_a_hand_computation():
+    """Pseudo-labels from the weak view (same training-mode pass), pasted with the box into
+    the strong view's targets; the feature stream drops whole channels by each sample's seed."""
+    model = _model()
+    batch = _batch(np.random.default_rng(0))
+    # A threshold that splits the pixels: the median confidence of domain a's weak view.
+    weak = model.decode(model.encode(model.preprocessor("a").normalize(batch["a"]["unlabeled"])), "a",
+                        (16, 32))
+    threshold = float(np.median(tf.nn.softmax(weak).numpy().max(-1)))
+    config = config_lib.ConsistencyConfig(threshold=threshold, feature_dropout=0.5)
+    terms = Objective(ON, num_domains=2, consistency=config).terms(model, batch, training=False)
+    assert sorted(terms) == sorted(f"{t}/{d}" for t in ON for d in DOMAINS)
+
+    for d in DOMAINS:
+        b = batch[d]
+        normalize = model.preprocessor(d).normalize
+        size = tf.shape(b["unlabeled"])[1:3]
+        weak_features = model.encode(normalize(b["unlabeled"]))
+        probabilities = tf.nn.softmax(model.decode(weak_features, d, size)).numpy()
+        pseudo, confidence = probabilities.argmax(-1), probabilities.max(-1)
+        box, valid = b["cutmix_box"].numpy(), b["unlabeled_valid"].numpy()
+        assert 0.02 < (confidence >= threshold).mean() < 0.98, "the threshold must split the pixels"
+
+        partner = np.array([1, 0, 3, 2])
+        strong = np.where(box[..., None] > 0, b["unlabeled_strong"].numpy()[partner],
+                          b["unlabeled_strong"].numpy())
+        strong_logits = model.decode(model.encode(normalize(tf.constant(strong))), d, size).numpy()
+        mixed = lambda x: np.where(box > 0, x[partner], x)  # noqa: E731
+        expected = _hand_loss(mixed(pseudo), mixed(confidence), mixed(valid), strong_logits, threshold)
+        assert float(terms[f"consistency_strong/{d}"]) == pytest.approx(expected, rel=1e-4)
+
+        channels = weak_features.shape[-1]
+        keep = np.stack([
+            tf.random.stateless_uniform([channels], tf.random.experimental.stateless_fold_in(seed, 1)).numpy()
+            >= 0.5 for seed in b["unlabeled_seed"]])
+        assert 0 < keep.mean() < 1
+        dropped = weak_features.numpy() * keep[:, None, None, :] * 2.0
+        feature_logits = model.decode(tf.constant(dropped), d, size).numpy()
+        expected = _hand_loss(pseudo, confidence, valid, feature_logits, threshold)
+        assert float(terms[f"consistency_feature/{d}"]) == pytest.approx(expected, rel=1e-4)
+
+
+def _hand_loss(pseudo, confidence, valid, logits, threshold):
+    log_p = logits - logits.max(-1, keepdims=True)
+    log_p = log_p - np.log(np.exp(log_p).sum(-1, keepdims=True))
+    ce = -np.take_along_axis(log_p, pseudo[..., None], -1)[..., 0]
+    return float((ce * (confidence >= threshold) * valid).sum() / valid.sum())
+
+
+def test_training_with_consistency_lowers_the_loss_and_is_deterministic():
+    config = config_lib.ConsistencyConfig(threshold=0.0)
+    batch = _batch(np.random.default_rng(1))
+    results = []
+    for _ in range(2):
+        model = _model()
+        model.objective = Objective(ON, num_domains=2, consistency=config)
+        model.compile(optimizer=keras.optimizers.Adam(1e-2))
+        step = tf.function(model.train_step)
+        logs = [step(batch) for _ in range(8)]
+        results.append([float(l["loss"]) for l in logs])
+    assert results[0] == results[1]
+    assert results[0][-1] < results[0][0]
+
+
+def test_univ_paper_is_univ_full_without_consistency():
+    loss = config_lib.LossConfig()
+    full = method.loss_weights(loss, method.plan("univ_full")[-1])
+    paper = method.loss_weights(loss, method.plan("univ_paper")[-1])
+    assert full["consistency_strong"] > 0 and full["consistency_feature"] > 0
+    assert paper == {**full, "consistency_strong": 0.0, "consistency_feature": 0.0}
+    assert [s.name for s in method.plan("univ_paper")] == [s.name for s in method.plan("univ_full")]
+
+
+def test_strong_views_come_from_the_pipeline_as_a_function_of_seed_and_step(tmp_path, train_tiny,
+                                                                           tiny_run_settings):
+    from usss_tf.data import pipeline, sources, synthetic
+    roots = synthetic.write_synthetic_domains(tmp_path, ("synth_city",), num_train=6, num_val=1,
+                                              size=(32, 64), seed=0)
+    cfg = config_lib.config_from_dict({
+        **tiny_run_settings, "domains": [{"name": "synth_city", "root": str(roots["synth_city"]),
+                                          "labeled": 2, "scale": 0.5}]})
+    inputs = sources.prepare_domains(cfg, echo=lambda *_: None)
+
+    def take(start, steps):
+        ds = pipeline.train_dataset(inputs, cfg.data, 0, start, steps, consistency=cfg.consistency)
+        return [tf.nest.map_structure(lambda x: x.numpy(), b["synth_city"]) for b in ds]
+
+    first, resumed = take(0, 3), take(1, 2)
+    for a, b in zip(first[1:], resumed):
+        tf.nest.map_structure(np.testing.assert_array_equal, a, b)
+    b = first[0]
+    assert b["unlabeled_strong"].shape == b["unlabeled"].shape
+    assert b["cutmix_box"].shape == b["unlabeled_valid"].shape == b["unlabeled"].shape[:3]
+    # Scale 0.5 of 32x64 images, random scale up to 1.25: the 32x64 crop is mostly padding.
+    assert 0 < b["unlabeled_valid"].mean() < 1
+    assert not np.array_equal(b["unlabeled_strong"], b["unlabeled"])
+
+
+class _Killed(Exception):
+    pass
+
+
+class _KilledExperiment(train_lib.Experiment):
+    """Dies (as a killed process would) right after universal step ``kill_after``."""
+
+    kill_after = 3
+
+    def _on_step(self, stage, step, steps, offset, save):
+        super()._on_step(stage, step, steps, offset, save)
+        if stage.name == method.UNIVERSAL and step == self.kill_after:
+            raise _Killed
+
+
+@pytest.mark.slow
+def test_univ_full_with_consistency_killed_and_resumed_equals_the_uninterrupted_run(tmp_path, train_tiny):
+    changes = {"train": {"pretrain_steps": 2, "steps": 4, "checkpoint_every": 2, "log_every": 1,
+                         "verbose": 0, "optimizer": "sgd", "learning_rate": 0.01},
+               "consistency": {"threshold": 0.3}}
+    whole = train_tiny(tmp_path / "whole", **changes)
+
+    config = config_lib.load_config(whole / "config.yaml")
+    assert config.consistency.threshold == 0.3 and config.method == "univ_full"
+    killed_dir = tmp_path / "killed"
+    with pytest.raises(_Killed):
+        _KilledExperiment(config, killed_dir, echo=lambda *_: None).run()
+    assert not (killed_dir / "metrics.json").exists()
+    keras.utils.clear_session()
+    train_lib.run_experiment(config, killed_dir, echo=lambda *_: None)
+
+    logs = json.loads((whole / "stages.json").read_text())
+    assert set(logs) == {"pretrain", "centroids", "universal"}
+    resumed_miou = {d: r["miou"] for d, r in json.loads((killed_dir / "metrics.json").read_text()).items()}
+    whole_miou = {d: r["miou"] for d, r in json.loads((whole / "metrics.json").read_text()).items()}
+    assert resumed_miou == pytest.approx(whole_miou, abs=1e-6)
+    reader = tf.train.load_checkpoint
+    a = reader(tf.train.latest_checkpoint(str(whole / "checkpoints" / "universal")))
+    b = reader(tf.train.latest_checkpoint(str(killed_dir / "checkpoints" / "universal")))
+    names = [n for n in a.get_variable_to_shape_map() if n.startswith("model/")]
+    assert names
+    for name in names:
+        np.testing.assert_allclose(a.get_tensor(name), b.get_tensor(name), rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
