@@ -26,6 +26,18 @@ def _grid(tmp_path, settings, **changes):
     return path
 
 
+def test_paired_differences_and_gap_recovery_pair_runs_by_seed():
+    rows = [{"domain": "a", "method": m, "labeled": n, "seed": seed, "miou": v}
+            for m, n, seed, v in [
+                ("univ_basic", 2, 0, 0.20), ("univ_basic", 2, 1, 0.30),
+                ("univ_full", 2, 0, 0.25), ("univ_full", 2, 1, 0.30),
+                ("upper_bound", 60, 0, 0.40), ("upper_bound", 60, 1, 0.50)]]
+    cell = study.paired(rows, "univ_basic")["a"]["univ_full"][2]
+    assert cell["differences"] == pytest.approx({0: 0.05, 1: 0.0})
+    assert cell["recovery"] == pytest.approx({0: 0.25, 1: 0.0})
+    assert "univ_basic" not in study.paired(rows, "univ_basic")["a"]
+
+
 def test_summary_is_mean_and_sample_std_over_seeds():
     rows = [{"domain": "a", "method": "m", "labeled": 5, "miou": v} for v in (0.2, 0.4, 0.6)]
     mean, std, count = study.summarize(rows)["a"]["m"][5]
@@ -34,22 +46,31 @@ def test_summary_is_mean_and_sample_std_over_seeds():
 
 @pytest.mark.slow
 def test_study_runs_every_cell_and_resumes(tmp_path, tiny_run_settings):
-    path = _grid(tmp_path, tiny_run_settings)
+    path = _grid(tmp_path, tiny_run_settings, methods=["univ_basic", "univ_full"], seeds=[0],
+                 upper_bound=6)
     out = tmp_path / "study"
     result = CliRunner().invoke(main, ["study", str(path), "--out", str(out)])
     assert result.exit_code == 0, result.output
     with open(out / "results.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 2 * 2  # 2 seeds x 2 domains
-    assert {r["seed"] for r in rows} == {"0", "1"}
+    assert len(rows) == 3 * 2  # (upper bound + 2 methods) x 2 domains
+    assert {(r["method"], r["labeled"]) for r in rows} == {
+        ("upper_bound", "6"), ("univ_basic", "2"), ("univ_full", "2")}
     assert all(0.0 <= float(r["miou"]) <= 1.0 for r in rows)
+    full = [r for r in rows if r["method"] == "univ_full"]
+    assert {r["transfer_target"] for r in full} == {"synth_city", "synth_camvid"}
+    assert all(0.0 <= float(r["transfer_embedding_miou"]) <= 1.0 for r in full)
     markdown = (out / "results.md").read_text()
-    assert "## synth_city" in markdown and "| univ_basic |" in markdown and "(n=2)" in markdown
+    assert "## synth_city" in markdown and "| univ_basic |" in markdown and "(n=1)" in markdown
+    assert "| upper_bound (N = 6) |" in markdown and "Paired difference to univ_basic" in markdown
+    assert "recovery" in markdown and "Transfer: synth_city's images" in markdown
+    assert "Wall time per run" in markdown
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (out / "univ_basic" / "n2" / "seed1" / "evaluation.json").exists()
+    manifest = (out / "upper_bound" / "n6" / "seed0" / "manifest.json").read_text()
+    assert '"unlabeled": 6' in manifest  # Every image labelled; the unlabelled pool is all of them.
 
     again = CliRunner().invoke(main, ["study", str(path), "--out", str(out)])
-    assert again.exit_code == 0 and again.output.count("done, skipping") == 2
+    assert again.exit_code == 0 and again.output.count("done, skipping") == 3
 
 
 def test_grid_errors_name_the_file_and_key(tmp_path, tiny_run_settings):

@@ -24,7 +24,7 @@ from PIL import Image
 
 from usss_tf import domains as domain_registry
 from usss_tf import metrics as metrics_lib
-from usss_tf import inference, runs
+from usss_tf import inference, method, runs, transfer
 from usss_tf.data import sources
 from usss_tf.errors import ConfigError, UnknownDomainError
 from usss_tf.run_dir import RunDir, write_json_atomic
@@ -161,7 +161,9 @@ def evaluate_run(run_dir, split="val", domains=None, batch_size=None, prediction
     A ``supervised`` run is evaluated model by model, each on its own domain.
     ``saved_model`` (an export's version folder) scores that export instead of
     the run's checkpoint, on the run's data: the check that serving predicts
-    what evaluation measured.
+    what evaluation measured. A checkpoint's figures of a domain whose classes
+    correspond to another domain's also have ``transfer``
+    (``usss_tf.transfer.evaluate_transfer``).
     """
     run_dir = pathlib.Path(run_dir)
     config = runs.read_config(run_dir)
@@ -196,6 +198,13 @@ def evaluate_run(run_dir, split="val", domains=None, batch_size=None, prediction
             colorized_dir=out / "color" if out else None,
             predictor=predictors.get(domain.name),
         )
+        if model is not None:
+            transferred = transfer.evaluate_transfer(
+                model, domain, examples, batch_size,
+                with_embedding=method.has_label_centroids(config.method),
+                targets=[d.name for d in config.domains if d.name != domain.name])
+            if transferred:
+                results[domain.name]["transfer"] = transferred
         if echo:
             echo(f"[evaluate] {domain.name}: {len(examples)} images in "
                  f"{time.perf_counter() - started:.1f}s")
@@ -216,4 +225,8 @@ def format_report(results):
                      f"({r['num_images']} images)")
         for name, iou in r["per_class_iou"].items():
             lines.append(f"  {name:<16} {'   n/a' if iou is None else f'{iou:6.4f}'}")
+        for target, ways in r.get("transfer", {}).items():
+            lines.append(f"  in {target}'s label space ({len(next(iter(ways.values()))['per_class_iou'])} "
+                         "corresponding classes): " + ", ".join(
+                             f"{way} mIoU {figures['miou']:.4f}" for way, figures in ways.items()))
     return "\n".join(lines)

@@ -9,13 +9,18 @@ A grid file names a base experiment config and the axes to sweep::
     methods: [supervised, finetune, univ_basic, univ_full]
     labeled: [5, 10, 20]                 # N labelled images per domain
     seeds: [0, 1, 2]
+    upper_bound: 60                      # optional: univ_basic with this N (every image labelled)
+    baseline: univ_basic                 # what paired differences are taken against
 
 Every cell is an ordinary run directory, ``<out>/<method>/n<N>/seed<S>/``, so a
 study is resumed by running it again: finished runs are read back, an
 interrupted one resumes from its checkpoint. After every run the study
 rewrites ``results.csv`` (one row per run and domain), ``results.md``
-(mean +- std of mIoU per method and N) and ``results.png`` (mIoU against N
-per domain, one line per method).
+(mean +- std of mIoU per method and N; with the baseline in the grid, the
+paired difference to it per seed; with an upper bound, each method's gap
+recovery ``(method - baseline) / (upper bound - baseline)``; the
+cross-label-space transfer mIoU and the wall time per method) and
+``results.png`` (mIoU against N per domain, one line per method).
 """
 
 import csv
@@ -25,6 +30,7 @@ import json
 import math
 import pathlib
 import time
+import typing
 
 import yaml
 
@@ -32,9 +38,11 @@ from usss_tf import config as config_lib
 from usss_tf import run_dir as run_dir_lib
 from usss_tf.errors import ConfigError
 
-_GRID_KEYS = {"name", "base", "set", "methods", "labeled", "seeds", "out"}
+_GRID_KEYS = {"name", "base", "set", "methods", "labeled", "seeds", "out", "upper_bound", "baseline"}
+UPPER_BOUND = "upper_bound"  # The cells of the fully-labelled reference (univ_basic runs).
 CSV_FIELDS = ("method", "labeled", "seed", "domain", "miou", "pixel_accuracy", "num_images",
-              "seconds", "run_dir")
+              "seconds", "transfer_target", "transfer_decoder_miou", "transfer_embedding_miou",
+              "run_dir")
 
 
 @dataclasses.dataclass
@@ -48,10 +56,14 @@ class Grid:
     labeled: list
     seeds: list
     out: pathlib.Path
+    upper_bound: typing.Optional[int] = None
+    baseline: str = "univ_basic"
 
     def cells(self):
         # Seeds outermost: a study stopped early still has every method and N.
         for seed in self.seeds:
+            if self.upper_bound:
+                yield UPPER_BOUND, self.upper_bound, seed
             for n in self.labeled:
                 for method in self.methods:
                     yield method, n, seed
@@ -62,7 +74,8 @@ class Grid:
     def config(self, method, n, seed):
         """The experiment config of one cell: base + overrides + the cell's values."""
         overrides = [f"{k}={_yaml_value(v)}" for k, v in self.overrides.items()]
-        overrides += [f"method={method}", f"seed={seed}", f"name={self.name}-{method}-n{n}-s{seed}"]
+        run_method = "univ_basic" if method == UPPER_BOUND else method
+        overrides += [f"method={run_method}", f"seed={seed}", f"name={self.name}-{method}-n{n}-s{seed}"]
         base = config_lib.load_config(self.base)
         overrides += [f"domains.{i}.labeled={n}" for i in range(len(base.domains))]
         try:
@@ -121,9 +134,13 @@ def load_grid(path, out=None):
         labeled=_int_list(raw.get("labeled", [10]), "labeled", path, 1),
         seeds=_int_list(raw.get("seeds", [0]), "seeds", path, 0),
         out=pathlib.Path(out or raw.get("out") or pathlib.Path("runs") / name),
+        upper_bound=_int_list(raw["upper_bound"], "upper_bound", path, 1)[0] if raw.get("upper_bound") else None,
+        baseline=str(raw.get("baseline", "univ_basic")),
     )
     for method in grid.methods:  # Validates every override before hours of training.
         grid.config(method, grid.labeled[0], grid.seeds[0])
+    if grid.upper_bound:
+        grid.config(UPPER_BOUND, grid.upper_bound, grid.seeds[0])
     return grid
 
 
@@ -207,7 +224,11 @@ def _clear_session():
 
 
 def collect_rows(grid):
-    """One row per finished run and domain, from each run's ``evaluation.json``."""
+    """One row per finished run and domain, from each run's ``evaluation.json``.
+
+    ``transfer_*``: the domain's images in the label space of the first
+    corresponding domain (``usss_tf.transfer``), empty when there is none.
+    """
     rows = []
     for method, n, seed in grid.cells():
         run_dir = grid.run_dir(method, n, seed)
@@ -216,52 +237,132 @@ def collect_rows(grid):
             continue
         result = json.loads(path.read_text())
         for domain, r in result["domains"].items():
+            transfer = sorted(r.get("transfer", {}).items())
+            target, ways = transfer[0] if transfer else ("", {})
             rows.append({
                 "method": method, "labeled": n, "seed": seed, "domain": domain,
                 "miou": r["miou"], "pixel_accuracy": r["pixel_accuracy"],
-                "num_images": r["num_images"], "seconds": result["seconds"], "run_dir": str(run_dir),
+                "num_images": r["num_images"], "seconds": result["seconds"],
+                "transfer_target": target,
+                "transfer_decoder_miou": ways.get("decoder", {}).get("miou", ""),
+                "transfer_embedding_miou": ways.get("embedding", {}).get("miou", ""),
+                "run_dir": str(run_dir),
             })
     return rows
 
 
-def summarize(rows):
-    """{domain: {method: {N: (mean, std, count)}}} of mIoU (std over seeds, ddof=1)."""
+def _mean_std(values):
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, std, len(values)
+
+
+def summarize(rows, key="miou"):
+    """{domain: {method: {N: (mean, std, count)}}} of ``key`` (std over seeds, ddof=1)."""
     cells = {}
     for row in rows:
+        if row.get(key, "") == "":
+            continue
         cells.setdefault(row["domain"], {}).setdefault(row["method"], {}) \
-             .setdefault(row["labeled"], []).append(row["miou"])
-    table = {}
-    for domain, methods in cells.items():
-        for method, by_n in methods.items():
-            for n, values in by_n.items():
-                mean = sum(values) / len(values)
-                std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) \
-                    if len(values) > 1 else 0.0
-                table.setdefault(domain, {}).setdefault(method, {})[n] = (mean, std, len(values))
-    return table
+             .setdefault(row["labeled"], []).append(float(row[key]))
+    return {domain: {method: {n: _mean_std(values) for n, values in by_n.items()}
+                     for method, by_n in methods.items()}
+            for domain, methods in cells.items()}
+
+
+def paired(rows, baseline, upper_bound=None):
+    """Per domain, method and N: the per-seed differences to ``baseline`` (same N, same
+    seed: the same labelled draw) and, with an upper bound, the per-seed gap recovery.
+
+    Returns ``{domain: {method: {N: {"differences": {seed: d}, "recovery": {seed: r}}}}}``.
+    """
+    miou = {(r["domain"], r["method"], r["labeled"], r["seed"]): r["miou"] for r in rows}
+    upper = {(r["domain"], r["seed"]): r["miou"] for r in rows if r["method"] == UPPER_BOUND}
+    out = {}
+    for (domain, method, n, seed), value in sorted(miou.items()):
+        base = miou.get((domain, baseline, n, seed))
+        if method in (baseline, UPPER_BOUND) or base is None:
+            continue
+        cell = out.setdefault(domain, {}).setdefault(method, {}).setdefault(
+            n, {"differences": {}, "recovery": {}})
+        cell["differences"][seed] = value - base
+        top = upper.get((domain, seed))
+        if top is not None and top - base > 1e-9:
+            cell["recovery"][seed] = (value - base) / (top - base)
+    return out
+
+
+def _format_cell(value):
+    if value is None:
+        return "—"
+    if value[2] == 1:  # No spread from a single run.
+        return f"{100 * value[0]:.1f} (n=1)"
+    return f"{100 * value[0]:.1f} ± {100 * value[1]:.1f} (n={value[2]})"
 
 
 def format_markdown(grid, rows):
     table = summarize(rows)
+    differences = paired(rows, grid.baseline)
+    transfer = {way: summarize(rows, f"transfer_{way}_miou") for way in ("decoder", "embedding")}
+    methods = ([UPPER_BOUND] if grid.upper_bound else []) + list(grid.methods)
     lines = [f"# {grid.name}", "",
              f"mIoU (%) on the full validation split, mean ± std over seeds {grid.seeds} "
-             f"(n = runs finished per cell).", ""]
-    for domain, methods in table.items():
+             f"(n = runs finished per cell)."
+             + (f" {UPPER_BOUND}: univ_basic with N = {grid.upper_bound} (every image labelled)."
+                if grid.upper_bound else ""), ""]
+    for domain, by_method in table.items():
         lines += [f"## {domain}", "",
                   "| method | " + " | ".join(f"N = {n}" for n in grid.labeled) + " |",
                   "|---|" + "---:|" * len(grid.labeled)]
-        for method in grid.methods:
-            cells = []
-            for n in grid.labeled:
-                value = methods.get(method, {}).get(n)
-                if value is None:
-                    cells.append("—")
-                elif value[2] == 1:  # No spread from a single run.
-                    cells.append(f"{100 * value[0]:.1f} (n=1)")
-                else:
-                    cells.append(f"{100 * value[0]:.1f} ± {100 * value[1]:.1f} (n={value[2]})")
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        for method in methods:
+            if method == UPPER_BOUND:
+                value = by_method.get(method, {}).get(grid.upper_bound)
+                lines.append(f"| {method} (N = {grid.upper_bound}) | "
+                             + " | ".join(_format_cell(value) for _ in grid.labeled) + " |")
+                continue
+            lines.append(f"| {method} | " + " | ".join(
+                _format_cell(by_method.get(method, {}).get(n)) for n in grid.labeled) + " |")
         lines.append("")
+        if differences.get(domain):
+            lines += [f"Paired difference to {grid.baseline} (points, per seed {grid.seeds}), "
+                      "and gap recovery (method - baseline) / (upper bound - baseline):", "",
+                      "| method | " + " | ".join(f"N = {n}" for n in grid.labeled) + " |",
+                      "|---|" + "---|" * len(grid.labeled)]
+            for method in grid.methods:
+                cells = []
+                for n in grid.labeled:
+                    cell = differences[domain].get(method, {}).get(n)
+                    if not cell:
+                        cells.append("—")
+                        continue
+                    d = list(cell["differences"].values())
+                    text = f"{100 * _mean_std(d)[0]:+.1f} ({', '.join(f'{100 * v:+.1f}' for v in d)})"
+                    if cell["recovery"]:
+                        text += f"; recovery {100 * _mean_std(list(cell['recovery'].values()))[0]:.0f}%"
+                    cells.append(text)
+                if any(c != "—" for c in cells):
+                    lines.append(f"| {method} | " + " | ".join(cells) + " |")
+            lines.append("")
+        targets = sorted({r["transfer_target"] for r in rows if r["domain"] == domain and r["transfer_target"]})
+        if targets:
+            lines += [f"Transfer: {domain}'s images in {', '.join(targets)}'s label space "
+                      "(corresponding classes), mIoU (%) by that domain's decoder / by the nearest "
+                      "label centroid:", "",
+                      "| method | " + " | ".join(f"N = {n}" for n in grid.labeled) + " |",
+                      "|---|" + "---:|" * len(grid.labeled)]
+            for method in grid.methods:
+                cells = []
+                for n in grid.labeled:
+                    ways = [transfer[w].get(domain, {}).get(method, {}).get(n) for w in ("decoder", "embedding")]
+                    cells.append(" / ".join(_format_cell(v) for v in ways if v is not None) or "—")
+                lines.append(f"| {method} | " + " | ".join(cells) + " |")
+            lines.append("")
+    seconds = {}
+    for row in rows:
+        seconds.setdefault(row["method"], {})[(row["labeled"], row["seed"])] = float(row["seconds"])
+    if seconds:
+        lines += ["Wall time per run (s, training + evaluation): " + ", ".join(
+            f"{method} {_mean_std(list(by_run.values()))[0]:.0f}" for method, by_run in seconds.items()), ""]
     return "\n".join(lines)
 
 
@@ -283,6 +384,10 @@ def write_chart(grid, rows, path):
                 continue
             axis.errorbar([n for n, _ in points], [100 * v[0] for _, v in points],
                           yerr=[100 * v[1] for _, v in points], marker="o", capsize=3, label=method)
+        if grid.upper_bound and grid.upper_bound in methods.get(UPPER_BOUND, {}):
+            mean = methods[UPPER_BOUND][grid.upper_bound][0]
+            axis.axhline(100 * mean, color="gray", linestyle="--",
+                         label=f"{UPPER_BOUND} (N = {grid.upper_bound})")
         axis.set_title(domain)
         axis.set_xlabel("labelled images per domain (N)")
         axis.set_ylabel("mIoU (%)")

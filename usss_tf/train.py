@@ -25,7 +25,7 @@ from usss_tf import centroids as centroid_stage
 from usss_tf import cluster
 from usss_tf import evaluate as evaluate_lib
 from usss_tf import inference, method
-from usss_tf import precision
+from usss_tf import precision, transfer
 from usss_tf import run_dir as run_dir_lib
 from usss_tf.callbacks import shows_progress
 from usss_tf.data import pipeline, sources
@@ -135,6 +135,7 @@ class Experiment:
         else:
             results = self.evaluate()
             self._log_validation(results, offset)
+        self._add_transfer(results, offset)
         self.run_dir.write_json(run_dir_lib.METRICS, results)
         return results
 
@@ -252,6 +253,23 @@ class Experiment:
             self.confusions[name] = np.asarray(summary.pop("confusion_matrix"), np.int64)
             results[name] = summary
         return results
+
+    def _add_transfer(self, results, global_step):
+        """Adds the cross-label-space transfer figures (``usss_tf.transfer``) of the final model
+        to ``results`` and TensorBoard (``transfer/<A>_in_<B>/<decoder|embedding>``)."""
+        for inputs in self.inputs:
+            name = inputs.domain.name
+            transferred = transfer.evaluate_transfer(
+                self.model, inputs.domain, inputs.val, self.config.data.eval_batch_size,
+                with_embedding=method.has_label_centroids(self.config.method))
+            if not transferred:
+                continue
+            results[name]["transfer"] = transferred
+            with self.val_writer.as_default(step=global_step):
+                for target, ways in transferred.items():
+                    for way, figures in ways.items():
+                        tf.summary.scalar(f"transfer/{name}_in_{target}/{way}", figures["miou"])
+        self.val_writer.flush()
 
     def _log_validation(self, results, global_step):
         self._last_validation = (global_step, results)

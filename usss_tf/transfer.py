@@ -1,0 +1,212 @@
+"""Cross-label-space transfer: how well a model labels domain A's images in domain B's classes.
+
+What the cross-domain entropy is for: aligning the domains so that one
+domain's classes describe another's pixels. For a pair of domains whose
+classes correspond (a ``Correspondence``: the synthetic domains by
+construction, Cityscapes <-> CamVid and Cityscapes <-> IDD by the tables
+below), domain A's validation images are labelled in B's label space two ways:
+
+* ``decoder``: B's decoder on A's encoder features (A's scale): every model
+  with both decoders has it (``univ_basic``, ``finetune``, ``univ_*``);
+* ``embedding``: the nearest of B's label centroids to each pixel's embedding
+  (runs that fit centroids: ``univ_full``, ``univ_paper``).
+
+Both are scored against A's labels mapped into the shared concepts of the
+table (a concept is a set of A classes and a set of B classes: CamVid's ``car``
+covers Cityscapes' car, truck, bus and train). A's pixels of classes without a
+counterpart are ignored; a prediction of a B class without a counterpart is an
+error for the true concept. The figures are the usual mIoU, per-concept IoU
+and pixel accuracy over the concepts.
+"""
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from usss_tf import inference
+from usss_tf import metrics as metrics_lib
+from usss_tf.domains import IGNORE_LABEL, get_domain
+
+__all__ = ["Correspondence", "CORRESPONDENCES", "concept_confusion", "correspondence", "evaluate_transfer"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Correspondence:
+    """Concepts shared by two label spaces.
+
+    Attributes:
+      source, target: domain names.
+      concepts: ``((name, source class names, target class names), ...)``.
+    """
+
+    source: str
+    target: str
+    concepts: tuple
+
+    def __post_init__(self):
+        for side, domain_name in ((1, self.source), (2, self.target)):
+            known = set(get_domain(domain_name).class_names)
+            seen = set()
+            for concept in self.concepts:
+                for class_name in concept[side]:
+                    if class_name not in known:
+                        raise ValueError(f"correspondence {self.source}<->{self.target}: "
+                                         f"{domain_name} has no class {class_name!r}")
+                    if class_name in seen:
+                        raise ValueError(f"correspondence {self.source}<->{self.target}: "
+                                         f"{domain_name} class {class_name!r} is in two concepts")
+                    seen.add(class_name)
+
+    @property
+    def concept_names(self):
+        return [name for name, _, _ in self.concepts]
+
+    def reversed(self):
+        return Correspondence(self.target, self.source,
+                              tuple((name, b, a) for name, a, b in self.concepts))
+
+    def _table(self, domain_name, side, unmatched):
+        """``int64[num_classes]``: train id of ``domain_name`` -> concept id (``unmatched`` if none)."""
+        names = get_domain(domain_name).class_names
+        table = np.full(len(names), unmatched, np.int64)
+        for concept_id, concept in enumerate(self.concepts):
+            for class_name in concept[side]:
+                table[names.index(class_name)] = concept_id
+        return table
+
+    def source_to_concept(self, labels):
+        """Source train ids -> concept ids; no counterpart and ignore -> ``IGNORE_LABEL``."""
+        table = np.append(self._table(self.source, 1, IGNORE_LABEL), IGNORE_LABEL)
+        labels = np.asarray(labels, np.int64)
+        return table[np.where(labels < len(table) - 1, labels, len(table) - 1)]
+
+    def target_to_concept(self, predictions):
+        """Target train ids -> concept ids; a class without counterpart -> ``len(concepts)``."""
+        return self._table(self.target, 2, len(self.concepts))[np.asarray(predictions, np.int64)]
+
+
+def _same(*names):
+    return tuple((name, (name,), (name,)) for name in names)
+
+
+CORRESPONDENCES = (
+    # synth_camvid merges car and truck into vehicle and has no fence or pole
+    # (usss_tf.domains); synth_idd calls the trucks "large vehicle".
+    Correspondence("synth_city", "synth_camvid", _same("road", "building", "sky") + (
+        ("sidewalk", ("sidewalk",), ("pavement",)),
+        ("vegetation", ("vegetation",), ("tree",)),
+        ("person", ("person",), ("pedestrian",)),
+        ("vehicle", ("car", "truck"), ("vehicle",)),
+    )),
+    Correspondence("synth_city", "synth_idd", _same(
+        "road", "sidewalk", "building", "vegetation", "sky", "person", "car") + (
+        ("truck", ("truck",), ("large vehicle",)),
+    )),
+    Correspondence("synth_camvid", "synth_idd", _same("road", "building", "sky") + (
+        ("sidewalk", ("pavement",), ("sidewalk",)),
+        ("vegetation", ("tree",), ("vegetation",)),
+        ("person", ("pedestrian",), ("person",)),
+        ("vehicle", ("vehicle",), ("car", "large vehicle")),
+    )),
+    # SegNet's 11 CamVid classes: "car" groups cars, SUVs, trucks, buses and
+    # trains; "bicyclist" is rider and bicycle; "sign symbol" signs and lights.
+    Correspondence("cityscapes", "camvid", _same("road", "building", "pole", "fence", "sky") + (
+        ("sidewalk", ("sidewalk",), ("pavement",)),
+        ("vegetation", ("vegetation",), ("tree",)),
+        ("sign", ("traffic sign", "traffic light"), ("sign symbol",)),
+        ("person", ("person",), ("pedestrian",)),
+        ("bicyclist", ("rider", "bicycle"), ("bicyclist",)),
+        ("car", ("car", "truck", "bus", "train"), ("car",)),
+    )),
+    # IDD level 3 shares Cityscapes' names for 17 classes; Cityscapes' terrain
+    # and train have no single IDD counterpart and are left out.
+    Correspondence("cityscapes", "idd", _same(
+        "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+        "vegetation", "sky", "person", "rider", "car", "truck", "bus", "motorcycle", "bicycle")),
+)
+
+
+def correspondence(source, target):
+    """The ``Correspondence`` from ``source`` to ``target`` (either direction of the table), or None."""
+    for item in CORRESPONDENCES:
+        if (item.source, item.target) == (source, target):
+            return item
+        if (item.target, item.source) == (source, target):
+            return item.reversed()
+    return None
+
+
+_IMAGES = tf.TensorSpec([None, None, None, 3], tf.uint8)
+_SIZE = tf.TensorSpec([2], tf.int32)
+
+
+class TransferPredictor:
+    """Domain ``target``'s class ids for images of domain ``source`` (seen at the source's scale).
+
+    ``decoder_ids``: the target's decoder on the source images' features;
+    ``embedding_ids``: the nearest target label centroid. Traced once each.
+    """
+
+    def __init__(self, model, source, target):
+        self.model, self.source, self.target = model, source, target
+        self._decoder = tf.function(self._decode, input_signature=[_IMAGES, _SIZE])
+        self._nearest = tf.function(self._nearest_class, input_signature=[_IMAGES, _SIZE])
+
+    def _decode(self, images, size):
+        features = self.model.features(images, self.source)
+        logits = self.model.decode(features, self.target, size)
+        return tf.cast(tf.argmax(logits, axis=-1), tf.uint8)
+
+    def _nearest_class(self, images, size):
+        return self.model.nearest_classes(images, self.source, size)[f"nearest_class_{self.target}"]
+
+    def decoder_ids(self, images, size):
+        return self._decoder(tf.convert_to_tensor(images, tf.uint8), tf.constant(size, tf.int32)).numpy()
+
+    def embedding_ids(self, images, size):
+        return self._nearest(tf.convert_to_tensor(images, tf.uint8), tf.constant(size, tf.int32)).numpy()
+
+
+def evaluate_transfer(model, source_domain, examples, batch_size=4, with_embedding=False,
+                      targets=None):
+    """Transfer figures of ``source_domain``'s ``examples`` into every corresponding domain.
+
+    Args:
+      model: a ``UniversalSegmenter`` with the source's and the targets' decoders.
+      source_domain: the ``Domain`` the images come from.
+      examples: its labelled examples (e.g. the validation split).
+      with_embedding: score the embedding branch too (the model has fitted centroids).
+      targets: the target domains to consider (default: every other domain of the model).
+    Returns:
+      ``{target: {"decoder": figures, "embedding": figures}}`` for each target
+      with a correspondence (``embedding`` only ``with_embedding``); figures
+      are ``miou``, ``per_class_iou`` (per concept), ``pixel_accuracy``.
+    """
+    pairs = {}
+    for target in targets or [d for d in model.domains if d != source_domain.name]:
+        table = correspondence(source_domain.name, target)
+        if table is not None and target in model.domains:
+            pairs[target] = (table, TransferPredictor(model, source_domain.name, target))
+    if not pairs:
+        return {}
+    ways = ("decoder", "embedding") if with_embedding else ("decoder",)
+    confusion = {(t, way): 0 for t in pairs for way in ways}
+    loaded = inference.load_examples(examples, source_domain.lookup_table())
+    for batch in inference.same_size_batches(loaded, batch_size):
+        images, labels = inference.stack(batch)
+        for target, (table, predictor) in pairs.items():
+            for way in ways:
+                predict = predictor.decoder_ids if way == "decoder" else predictor.embedding_ids
+                confusion[target, way] += concept_confusion(table, labels, predict(images, labels.shape[1:3]))
+    return {target: {way: metrics_lib.summarize(confusion[target, way], table.concept_names)
+                     for way in ways}
+            for target, (table, _) in pairs.items()}
+
+
+def concept_confusion(table, labels, predictions):
+    """Confusion matrix over ``table``'s concepts (+ a last column: a target class without
+    counterpart) of source train-id ``labels`` and target train-id ``predictions``."""
+    size = len(table.concepts) + 1
+    return metrics_lib.confusion_matrix(
+        table.source_to_concept(labels), table.target_to_concept(predictions), size)
