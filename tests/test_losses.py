@@ -61,3 +61,20 @@ def test_pseudo_label_cross_entropy_counts_confident_pixels_over_all_valid_ones(
     assert float(value) == pytest.approx(expected, rel=1e-6)
     nothing_confident = losses.pseudo_label_cross_entropy(pseudo, confidence, valid, logits, threshold=1.0)
     assert float(nothing_confident) == 0.0
+
+
+def test_distribution_alignment_boosts_the_classes_the_model_under_predicts():
+    # Two pixels, two classes; the model says class 0 everywhere, the labels are half class 1.
+    probabilities = np.array([[[[0.9, 0.1], [0.6, 0.4]]]], np.float32)
+    valid = np.array([[[1.0, 1.0]]], np.float32)
+    labels = np.array([[[0, 1, 1, 0, 255]]], np.int32)
+    aligned = losses.align_distribution(probabilities, valid, labels, smoothing=0.0).numpy()
+    predicted = np.array([0.75, 0.25])  # mean prediction over valid pixels
+    expected = probabilities * (np.array([0.5, 0.5]) / predicted)
+    expected /= expected.sum(-1, keepdims=True)
+    np.testing.assert_allclose(aligned, expected, rtol=1e-6)
+    assert aligned[0, 0, 1].argmax() == 1  # the 0.6/0.4 pixel flips to the under-predicted class
+    # Padding does not count towards the model's mean prediction.
+    padded = losses.align_distribution(probabilities, np.array([[[1.0, 0.0]]], np.float32), labels,
+                                       smoothing=0.0).numpy()
+    np.testing.assert_allclose(padded[0, 0, 0], [0.5, 0.5], rtol=1e-6)

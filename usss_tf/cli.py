@@ -243,7 +243,7 @@ def study(grid_path, out, devices, jobs, shard):
     from usss_tf import study as study_lib
 
     grid = study_lib.load_grid(grid_path, out=out)
-    cells = len(grid.methods) * len(grid.labeled) * len(grid.seeds)
+    cells = len(list(grid.cells()))
     click.echo(f"study {grid.name}: {cells} runs in {grid.out}")
     started = time.perf_counter()
     shard = tuple(int(v) for v in shard.split("/")) if shard else None

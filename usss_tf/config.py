@@ -199,6 +199,9 @@ class ConsistencyConfig:
     threshold: float = 0.95
     cutmix: float = 0.5
     feature_dropout: float = 0.5
+    # Pseudo-label probabilities x (labelled class frequency / mean prediction),
+    # renormalised (losses.align_distribution): counters the bias to frequent classes.
+    distribution_alignment: bool = True
     color_jitter: float = 0.8  # Probability of colour jitter on the strong view.
     grayscale: float = 0.2
     blur: float = 0.5

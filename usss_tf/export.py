@@ -436,7 +436,7 @@ def export_run(run_dir, model_base=DEFAULT_MODEL_BASE, version=None, echo=None,
             warnings.warn(message, stacklevel=2)
         else:
             echo(message)
-    # Only univ_full fits label centroids (and trains the embedding): for the
+    # Only univ_full and univ_paper fit label centroids (and train the embedding): for the
     # other methods an ``embed`` signature would serve random centroids.
     with_embedding = loaded.has_label_centroids
     if not with_embedding and echo is not None:

@@ -79,6 +79,43 @@ def pseudo_label_cross_entropy(pseudo_labels, confidence, valid, logits, thresho
     return replica_mean(tf.reduce_sum(per_pixel * confident), tf.reduce_sum(valid))
 
 
+def _replica_sum(value):
+    """``value`` summed over the replicas in sync (itself with one replica)."""
+    context = tf.distribute.get_replica_context()
+    if context is None or tf.distribute.get_strategy().num_replicas_in_sync == 1:
+        return value
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def align_distribution(probabilities, valid, labels, ignore_label=IGNORE_LABEL, smoothing=1e-3):
+    """Distribution alignment of pseudo-label probabilities (ReMixMatch; DARS for segmentation).
+
+    A model trained on a few labelled images over-predicts the frequent
+    classes (road) and rarely predicts the small ones (sidewalk) with
+    confidence, and self-training amplifies that. Each pixel's class
+    probabilities are multiplied by (class frequency in the labelled batch)
+    / (mean predicted probability over the unlabelled batch), then
+    renormalised: the classes the model under-predicts gain confidence.
+    Both frequencies are over the global batch (summed across replicas).
+
+    Args:
+      probabilities: float [B, H, W, C] of the weak view.
+      valid: float [B, H, W], 1 for image pixels of the weak view.
+      labels: int [B', H', W'] the domain's labelled batch (``ignore_label`` where unknown).
+    """
+    num_classes = tf.shape(probabilities)[-1]
+    labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
+    labels = tf.boolean_mask(labels, tf.not_equal(labels, ignore_label))
+    counts = tf.math.bincount(labels, minlength=num_classes, maxlength=num_classes, dtype=tf.float32)
+    target = _replica_sum(counts)
+    target = (target + smoothing) / (tf.reduce_sum(target) + smoothing * tf.cast(num_classes, tf.float32))
+    weights = tf.cast(valid, tf.float32)[..., None]
+    predicted = _replica_sum(tf.reduce_sum(probabilities * weights, axis=[0, 1, 2]))
+    predicted = (predicted + smoothing) / (tf.reduce_sum(predicted) + smoothing * tf.cast(num_classes, tf.float32))
+    aligned = probabilities * (target / predicted)
+    return aligned / tf.reduce_sum(aligned, axis=-1, keepdims=True)
+
+
 def entropy(logits, axis=-1):
     """Mean Shannon entropy (nats) of ``softmax(logits)`` over all other axes."""
     logits = tf.cast(logits, tf.float32)

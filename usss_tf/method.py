@@ -254,9 +254,11 @@ class Objective:
         size = tf.shape(batch["unlabeled"])[1:3]
         weak_logits = tf.cast(model.decode(weak_features, domain, size), tf.float32)
         probabilities = tf.stop_gradient(tf.nn.softmax(weak_logits))
+        valid = batch["unlabeled_valid"]
+        if c.distribution_alignment:
+            probabilities = losses.align_distribution(probabilities, valid, batch["labels"])
         pseudo_labels = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
         confidence = tf.reduce_max(probabilities, axis=-1)
-        valid = batch["unlabeled_valid"]
         terms = {}
         if w["consistency_strong"] > 0:
             box = batch["cutmix_box"]
