@@ -206,7 +206,7 @@ class Objective:
             add((d, "labeled"), normalize(batch[d]["images"]))
             if self.uses_unlabeled and "unlabeled" in batch[d]:
                 add((d, "weak"), normalize(batch[d]["unlabeled"]))
-                if self.uses_consistency:
+                if self.weights["consistency_strong"] > 0:
                     if "unlabeled_strong" not in batch[d]:
                         raise ValueError(f"domain {d!r}: consistency terms are on but the batch has no "
                                          "strong views (pipeline.train_dataset(consistency=...))")
@@ -244,8 +244,9 @@ class Objective:
                         [losses.entropy(model.similarity_logits(unlabeled, o)) for o in others]
                     ) / float(len(others))
             if self.uses_consistency:
+                strong = where.get((d, "strong"))
                 terms.update(self._consistency_terms(
-                    model, d, batch[d], features[weak], features[where[(d, "strong")]]))
+                    model, d, batch[d], features[weak], None if strong is None else features[strong]))
         return terms
 
     def _consistency_terms(self, model, domain, batch, weak_features, strong_features):

@@ -160,7 +160,8 @@ class Experiment:
 
         def batches(first_step, num_steps):
             return pipeline.train_dataset(inputs, cfg.data, cfg.seed, first_step, num_steps,
-                                          with_unlabeled=with_unlabeled, consistency=strong_views)
+                                          with_unlabeled=with_unlabeled, consistency=strong_views,
+                                          strong_view=objective.weights["consistency_strong"] > 0)
 
         try:
             latest = self.trainer.train(

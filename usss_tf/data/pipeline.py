@@ -161,13 +161,14 @@ def _sample_index(i, n, seed):
 
 
 def _stream(images, labels, batch_size, start_step, num_steps, seed, crop, scale, augment_config, table,
-            consistency=None):
+            consistency=None, strong_view=True):
     """A batched stream of augmented crops for steps ``[start_step, start_step + num_steps)``.
 
     Labelled: ``(images, labels)``. Unlabelled: ``images``, or with
     ``consistency`` (a ``ConsistencyConfig``) a dict of the weak view
-    (``unlabeled``), its strong view, CutMix box, valid-pixel mask (0 where
-    the crop is padding) and the sample's seed (``strong_views``).
+    (``unlabeled``), the valid-pixel mask (0 where the crop is padding), the
+    sample's seed and, with ``strong_view``, its strong view and CutMix box
+    (``strong_views``).
     """
     n = len(images)
     image_paths = tf.constant(images)
@@ -188,13 +189,15 @@ def _stream(images, labels, batch_size, start_step, num_steps, seed, crop, scale
         image, padding = augment(image, blank, element_seed, crop, scale, augment_config)
         view_seed = tf.stack([tf.cast(seed, tf.int64) + 104729, i])
         box_seed = tf.stack([tf.cast(seed, tf.int64) + 1299709, i])
-        return {
+        views = {
             "unlabeled": image,
-            "unlabeled_strong": strong_views.strong_photometric(image, view_seed, consistency),
-            "cutmix_box": strong_views.cutmix_box(crop, box_seed, consistency.cutmix),
             "unlabeled_valid": tf.cast(tf.not_equal(padding, IGNORE_LABEL), tf.float32),
             "unlabeled_seed": view_seed,
         }
+        if strong_view:
+            views["unlabeled_strong"] = strong_views.strong_photometric(image, view_seed, consistency)
+            views["cutmix_box"] = strong_views.cutmix_box(crop, box_seed, consistency.cutmix)
+        return views
 
     first = start_step * batch_size
     last = (start_step + num_steps) * batch_size
@@ -204,7 +207,7 @@ def _stream(images, labels, batch_size, start_step, num_steps, seed, crop, scale
 
 
 def train_dataset(domain_inputs, data_config, seed, start_step, num_steps, with_unlabeled=True,
-                  consistency=None):
+                  consistency=None, strong_view=True):
     """One element per step: ``{domain: {"images", "labels"[, "unlabeled", ...]}}``.
 
     Args:
@@ -213,8 +216,9 @@ def train_dataset(domain_inputs, data_config, seed, start_step, num_steps, with_
       seed: experiment seed.
       start_step, num_steps: the steps this dataset covers.
       with_unlabeled: add the unlabelled stream (entropy and consistency terms).
-      consistency: a ``ConsistencyConfig`` to add the strong views of the
-        unlabelled stream (``_stream``); None: weak views only.
+      consistency: a ``ConsistencyConfig`` to add what the consistency terms
+        need to the unlabelled stream (``_stream``); None: weak views only.
+      strong_view: with ``consistency``, the strong views and CutMix boxes too.
     """
     per_domain = {}
     crop = tuple(data_config.crop)
@@ -231,7 +235,7 @@ def train_dataset(domain_inputs, data_config, seed, start_step, num_steps, with_
             unlabeled = _stream(
                 [e.image for e in inputs.unlabeled], None, data_config.unlabeled_batch_size,
                 start_step, num_steps, base * 4 + UNLABELED_STREAM, crop, inputs.scale,
-                data_config.augment, table, consistency=consistency,
+                data_config.augment, table, consistency=consistency, strong_view=strong_view,
             )
             if consistency is None:
                 unlabeled = unlabeled.map(lambda u: {"unlabeled": u})
