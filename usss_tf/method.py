@@ -214,7 +214,10 @@ class Objective:
                     add((d, "strong"), normalize(strong))
         sizes = [tf.shape(c)[0] for c in chunks]
         features = tf.split(model.encode(tf.concat(chunks, 0), training=training), sizes, 0)
-        embedded = [i for (_, view), i in where.items() if view != "strong"] if self.uses_embedding else []
+        # Embeddings of the labelled images (embedding supervision) and, for the
+        # entropy terms, of the weak views; strong views never need them.
+        embedded = [i for (_, view), i in where.items()
+                    if view == "labeled" or (view == "weak" and self.uses_entropy)] if self.uses_embedding else []
         embeddings = dict(zip(embedded, tf.split(
             model.embed(tf.concat([features[i] for i in embedded], 0)),
             [sizes[i] for i in embedded], 0))) if embedded else {}
