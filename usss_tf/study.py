@@ -300,6 +300,12 @@ def _format_cell(value):
     return f"{100 * value[0]:.1f} ± {100 * value[1]:.1f} (n={value[2]})"
 
 
+def _table_head(grid, caption, align="---:|"):
+    """A caption line, a blank line and the header of a method x N table."""
+    return [caption, "", "| method | " + " | ".join(f"N = {n}" for n in grid.labeled) + " |",
+            "|---|" + align * len(grid.labeled)]
+
+
 def format_markdown(grid, rows):
     table = summarize(rows)
     differences = paired(rows, grid.baseline)
@@ -311,9 +317,7 @@ def format_markdown(grid, rows):
              + (f" {UPPER_BOUND}: univ_basic with N = {grid.upper_bound} (every image labelled)."
                 if grid.upper_bound else ""), ""]
     for domain, by_method in table.items():
-        lines += [f"## {domain}", "",
-                  "| method | " + " | ".join(f"N = {n}" for n in grid.labeled) + " |",
-                  "|---|" + "---:|" * len(grid.labeled)]
+        lines += _table_head(grid, f"## {domain}")
         for method in methods:
             if method == UPPER_BOUND:
                 value = by_method.get(method, {}).get(grid.upper_bound)
@@ -324,10 +328,9 @@ def format_markdown(grid, rows):
                 _format_cell(by_method.get(method, {}).get(n)) for n in grid.labeled) + " |")
         lines.append("")
         if differences.get(domain):
-            lines += [f"Paired difference to {grid.baseline} (points, per seed {grid.seeds}), "
-                      "and gap recovery (method - baseline) / (upper bound - baseline):", "",
-                      "| method | " + " | ".join(f"N = {n}" for n in grid.labeled) + " |",
-                      "|---|" + "---|" * len(grid.labeled)]
+            lines += _table_head(grid, f"Paired difference to {grid.baseline} (points, per seed "
+                                 f"{grid.seeds}), and gap recovery (method - baseline) / "
+                                 "(upper bound - baseline):", align="---|")
             for method in grid.methods:
                 cells = []
                 for n in grid.labeled:
@@ -345,11 +348,9 @@ def format_markdown(grid, rows):
             lines.append("")
         targets = sorted({r["transfer_target"] for r in rows if r["domain"] == domain and r["transfer_target"]})
         if targets:
-            lines += [f"Transfer: {domain}'s images in {', '.join(targets)}'s label space "
-                      "(corresponding classes), mIoU (%) by that domain's decoder / by the nearest "
-                      "label centroid:", "",
-                      "| method | " + " | ".join(f"N = {n}" for n in grid.labeled) + " |",
-                      "|---|" + "---:|" * len(grid.labeled)]
+            lines += _table_head(grid, f"Transfer: {domain}'s images in {', '.join(targets)}'s label "
+                                 "space (corresponding classes), mIoU (%) by that domain's decoder / "
+                                 "by the nearest label centroid:")
             for method in grid.methods:
                 cells = []
                 for n in grid.labeled:
