@@ -154,13 +154,13 @@ class Experiment:
         objective = method.Objective(method.loss_weights(cfg.loss, stage),
                                      num_domains=len(self.model.domains), consistency=cfg.consistency)
         with_unlabeled = objective.uses_unlabeled
-        strong_views = cfg.consistency if objective.uses_consistency else None
+        consistency = cfg.consistency if objective.uses_consistency else None
         images_per_step = len(inputs) * (
             cfg.data.batch_size + (cfg.data.unlabeled_batch_size if with_unlabeled else 0))
 
         def batches(first_step, num_steps):
             return pipeline.train_dataset(inputs, cfg.data, cfg.seed, first_step, num_steps,
-                                          with_unlabeled=with_unlabeled, consistency=strong_views,
+                                          with_unlabeled=with_unlabeled, consistency=consistency,
                                           strong_view=objective.weights["consistency_strong"] > 0)
 
         try:

@@ -144,28 +144,29 @@ _SIZE = tf.TensorSpec([2], tf.int32)
 class TransferPredictor:
     """Domain ``target``'s class ids for images of domain ``source`` (seen at the source's scale).
 
-    ``decoder_ids``: the target's decoder on the source images' features;
-    ``embedding_ids``: the nearest target label centroid. Traced once each.
+    One traced pass encodes the images once and returns ``{"decoder": ids}``
+    (the target's decoder on those features) and, ``with_embedding``,
+    ``"embedding"`` (the nearest target label centroid) from the same features.
     """
 
-    def __init__(self, model, source, target):
+    def __init__(self, model, source, target, with_embedding=False):
         self.model, self.source, self.target = model, source, target
-        self._decoder = tf.function(self._decode, input_signature=[_IMAGES, _SIZE])
-        self._nearest = tf.function(self._nearest_class, input_signature=[_IMAGES, _SIZE])
+        self.with_embedding = with_embedding
+        self._predict = tf.function(self._class_ids, input_signature=[_IMAGES, _SIZE])
 
-    def _decode(self, images, size):
+    def _class_ids(self, images, size):
         features = self.model.features(images, self.source)
         logits = self.model.decode(features, self.target, size)
-        return tf.cast(tf.argmax(logits, axis=-1), tf.uint8)
+        out = {"decoder": tf.cast(tf.argmax(logits, axis=-1), tf.uint8)}
+        if self.with_embedding:
+            nearest = self.model.nearest_classes(images, self.source, size, features=features)
+            out["embedding"] = nearest[f"nearest_class_{self.target}"]
+        return out
 
-    def _nearest_class(self, images, size):
-        return self.model.nearest_classes(images, self.source, size)[f"nearest_class_{self.target}"]
-
-    def decoder_ids(self, images, size):
-        return self._decoder(tf.convert_to_tensor(images, tf.uint8), tf.constant(size, tf.int32)).numpy()
-
-    def embedding_ids(self, images, size):
-        return self._nearest(tf.convert_to_tensor(images, tf.uint8), tf.constant(size, tf.int32)).numpy()
+    def class_ids(self, images, size):
+        """``{way: uint8 [B, H, W]}`` for uint8 images [B, h, w, 3] at ``size``."""
+        out = self._predict(tf.convert_to_tensor(images, tf.uint8), tf.constant(size, tf.int32))
+        return {way: ids.numpy() for way, ids in out.items()}
 
 
 def evaluate_transfer(model, source_domain, examples, batch_size=4, with_embedding=False,
@@ -187,7 +188,7 @@ def evaluate_transfer(model, source_domain, examples, batch_size=4, with_embeddi
     for target in targets or [d for d in model.domains if d != source_domain.name]:
         table = correspondence(source_domain.name, target)
         if table is not None and target in model.domains:
-            pairs[target] = (table, TransferPredictor(model, source_domain.name, target))
+            pairs[target] = (table, TransferPredictor(model, source_domain.name, target, with_embedding))
     if not pairs:
         return {}
     ways = ("decoder", "embedding") if with_embedding else ("decoder",)
@@ -196,9 +197,8 @@ def evaluate_transfer(model, source_domain, examples, batch_size=4, with_embeddi
     for batch in inference.same_size_batches(loaded, batch_size):
         images, labels = inference.stack(batch)
         for target, (table, predictor) in pairs.items():
-            for way in ways:
-                predict = predictor.decoder_ids if way == "decoder" else predictor.embedding_ids
-                confusion[target, way] += concept_confusion(table, labels, predict(images, labels.shape[1:3]))
+            for way, ids in predictor.class_ids(images, labels.shape[1:3]).items():
+                confusion[target, way] += concept_confusion(table, labels, ids)
     return {target: {way: metrics_lib.summarize(confusion[target, way], table.concept_names)
                      for way in ways}
             for target, (table, _) in pairs.items()}
