@@ -6,12 +6,16 @@
 For each backbone and precision, ``train_step.py``'s measurement (this
 process, TensorFlow) and ``torch_train_step.py``'s (a subprocess of
 ``--torch-python``, default this Python if it has torch) run back to back with
-the same threads; ``ratio`` = ours / PyTorch images per second. PyTorch is not
-a dependency: this is run by hand, never in CI.
+the same threads; ``ratio`` = ours / PyTorch images per second. With
+``--rounds R`` the pair is measured R times, alternating, and the report
+gives every round's ratio and their median: on a shared machine the load
+moves between measurements, and a pair measured back to back shares it.
+PyTorch is not a dependency: this is run by hand, never in CI.
 """
 
 import argparse
 import json
+import statistics
 import os
 import pathlib
 import subprocess
@@ -47,6 +51,8 @@ def main():
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--channels-last", action="store_true", help="PyTorch in channels_last")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure each pair this many times, alternating; report the median ratio")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
@@ -54,19 +60,24 @@ def main():
     rows, torch_version = [], None
     for precision in args.precision or ["float32"]:
         for backbone in args.backbone or ["erfnet", "drn_d_22", "drn_d_38"]:
-            ours = measure(backbone, args.batch, size, args.width, args.steps, precision=precision)
-            torch_version, theirs = torch_measure(args.torch_python, backbone, args.batch, size,
-                                                  args.width, args.steps, threads, precision,
-                                                  args.channels_last)
+            rounds = []
+            for _ in range(args.rounds):
+                ours = measure(backbone, args.batch, size, args.width, args.steps, precision=precision)
+                torch_version, theirs = torch_measure(args.torch_python, backbone, args.batch, size,
+                                                      args.width, args.steps, threads, precision,
+                                                      args.channels_last)
+                rounds.append((ours, theirs))
+                print(f"{backbone} {precision}: ours {ours['images_per_second']} img/s, "
+                      f"torch {theirs['images_per_second']} img/s", file=sys.stderr, flush=True)
+            ratios = [o["images_per_second"] / t["images_per_second"] for o, t in rounds]
             rows.append({
                 "backbone": backbone, "precision": precision,
-                "ours_images_per_second": ours["images_per_second"],
-                "torch_images_per_second": theirs["images_per_second"],
-                "ratio": round(ours["images_per_second"] / theirs["images_per_second"], 3),
-                "ours": ours, "torch": theirs,
+                "ours_images_per_second": statistics.median(o["images_per_second"] for o, _ in rounds),
+                "torch_images_per_second": statistics.median(t["images_per_second"] for _, t in rounds),
+                "ratio": round(statistics.median(ratios), 3),
+                "round_ratios": [round(r, 3) for r in ratios],
+                "ours": [o for o, _ in rounds], "torch": [t for _, t in rounds],
             })
-            print(f"{backbone} {precision}: ours {ours['images_per_second']} img/s, "
-                  f"torch {theirs['images_per_second']} img/s", file=sys.stderr, flush=True)
     write_report({
         "benchmark": "compare_torch", "machine": machine(), "threads": threads,
         "tensorflow": tf.__version__, "torch": torch_version, "results": rows,

@@ -11,9 +11,12 @@ memory: this is the model's speed, without the input pipeline
 """
 
 import argparse
+import collections
+import glob
 import json
 import os
 import platform
+import re
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -70,19 +73,74 @@ def time_steps(step, batches, steps):
     return first, times
 
 
-def measure(backbone, batch, size, width=1.0, steps=10, supervised_only=False, precision="float32"):
+# A kernel's trace event on a TensorFlow compute thread: "<op name>:<op type>".
+_KERNEL_EVENT = re.compile(r"^[^:]+:([A-Za-z0-9_]+)$")
+
+
+def top_ops(logdir, steps, top=15):
+    """Time per step by op type from a ``tf.profiler`` trace in ``logdir``, largest first.
+
+    Sums the kernel events of TensorFlow's compute threads (the host plane of
+    the ``.xplane.pb``); with inter-op parallelism two kernels can overlap,
+    so the shares are of kernel time, not of wall time.
+    """
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    paths = sorted(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True))
+    if not paths:
+        raise FileNotFoundError(f"no .xplane.pb trace under {logdir}")
+    space = xplane_pb2.XSpace()
+    with open(paths[-1], "rb") as f:
+        space.ParseFromString(f.read())
+    totals = collections.Counter()
+    for plane in space.planes:
+        for line in plane.lines:
+            if not line.name.startswith("tf_Compute"):
+                continue
+            for event in line.events:
+                match = _KERNEL_EVENT.match(plane.event_metadata[event.metadata_id].name)
+                if match:
+                    totals[match.group(1)] += event.duration_ps
+    kernel_ps = sum(totals.values())
+    return {
+        "kernel_ms_per_step": round(kernel_ps / 1e9 / steps, 1),
+        "ops": [
+            {"op": op, "ms_per_step": round(ps / 1e9 / steps, 1),
+             "share": round(ps / kernel_ps, 3)}
+            for op, ps in totals.most_common(top)
+        ],
+    }
+
+
+def profile_steps(step, data, steps, logdir):
+    """Traces ``steps`` calls of an already traced ``step`` with ``tf.profiler`` into ``logdir``."""
+    tf.profiler.experimental.start(logdir)
+    try:
+        for _ in range(steps):
+            float(step(data)["loss"])
+    finally:
+        tf.profiler.experimental.stop()
+    return top_ops(logdir, steps)
+
+
+def measure(backbone, batch, size, width=1.0, steps=10, supervised_only=False, precision="float32",
+            profile_dir=None):
     model, step = make_step(backbone, width, supervised_only, precision)
     data = synthetic_batch(batch, size, supervised_only)
     compile_seconds, times = time_steps(step, iter(lambda: data, None), steps)
     images = len(DOMAINS) * batch * (1 if supervised_only else 2)
     median = float(np.median(times))
+    profile = {}
+    if profile_dir:
+        logdir = os.path.join(profile_dir, f"{backbone}_{precision}")
+        profile = {"profile": {"logdir": logdir, **profile_steps(step, data, min(steps, 3), logdir)}}
     return {
         "backbone": backbone, "width": width, "batch_per_stream": batch, "size": list(size),
         "losses": "supervised" if supervised_only else "all", "precision": precision,
         "parameters": int(model.count_params()), "images_per_step": images,
         "compile_seconds": round(compile_seconds, 2), "step_seconds_median": round(median, 4),
         "step_seconds_min": round(float(np.min(times)), 4),
-        "images_per_second": round(images / median, 2), "steps": steps,
+        "images_per_second": round(images / median, 2), "steps": steps, **profile,
     }
 
 
@@ -121,10 +179,14 @@ def main():
     parser.add_argument("--supervised-only", action="store_true")
     parser.add_argument("--precision", default="float32", choices=precision_lib.POLICIES)
     parser.add_argument("--out", default=None, help="also write the JSON here")
+    parser.add_argument("--profile", default=None, metavar="DIR",
+                        help="after timing, trace 3 steps with tf.profiler into DIR (TensorBoard's "
+                             "Profile tab) and add the top op types per step to the JSON")
     args = parser.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
     results = [
-        measure(b, args.batch, size, args.width, args.steps, args.supervised_only, args.precision)
+        measure(b, args.batch, size, args.width, args.steps, args.supervised_only, args.precision,
+                args.profile)
         for b in (args.backbone or ["erfnet", "drn_d_22"])
     ]
     write_report({

@@ -14,7 +14,8 @@ def test_train_step_benchmark_smoke(tmp_path):
     out = tmp_path / "bench.json"
     subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "train_step.py"), "--backbone", "erfnet",
-         "--batch", "1", "--size", "32x64", "--width", "0.125", "--steps", "2", "--out", str(out)],
+         "--batch", "1", "--size", "32x64", "--width", "0.125", "--steps", "2", "--out", str(out),
+         "--profile", str(tmp_path / "profile")],
         check=True, capture_output=True, timeout=600,
     )
     report = json.loads(out.read_text())
@@ -22,6 +23,11 @@ def test_train_step_benchmark_smoke(tmp_path):
     assert result["backbone"] == "erfnet" and result["images_per_step"] == 4
     assert result["step_seconds_median"] > 0
     assert result["compile_seconds"] > 0 and result["precision"] == "float32"
+    # The profile names op types from the trace: convolutions and their gradients lead a step.
+    profile = result["profile"]
+    op_types = {entry["op"] for entry in profile["ops"]}
+    assert profile["kernel_ms_per_step"] > 0 and any("Conv2D" in op for op in op_types)
+    assert abs(sum(e["share"] for e in profile["ops"]) - 1) < 0.5
 
 
 def test_input_pipeline_benchmark_smoke(tmp_path):

@@ -47,3 +47,64 @@ def test_config_round_trip():
     layer = PaddedConv2D(4, 3, dilation_rate=2, torch_padding=3, use_bias=False)
     clone = PaddedConv2D.from_config(layer.get_config())
     assert clone.torch_padding == (3, 3) and clone.dilation_rate == (2, 2) and not clone.use_bias
+
+
+def _batch_norm_step(layer, x, training):
+    @tf.function
+    def run():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=training)
+            # A loss that is not a plain sum, so the input gradient is not ~0.
+            loss = tf.reduce_sum(tf.cast(y, tf.float32) ** 3)
+        return [y, *tape.gradient(loss, [x, layer.gamma, layer.beta])]
+
+    return run()
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_fused_batch_norm_equals_keras_batch_norm(training, policy):
+    """Same outputs, gradients and moving statistics as Keras' layer, in training and inference."""
+    from usss_tf.model.layers import FusedBatchNormalization
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        x = 3.0 + 2.0 * tf.random.stateless_normal((3, 5, 7, 6), seed=(5, 6))
+        x = tf.cast(x, keras.config.dtype_policy().compute_dtype)
+        reference = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
+        fused = FusedBatchNormalization(momentum=0.9, epsilon=1e-5)
+        reference.build(x.shape)
+        fused.build(x.shape)
+        rng = np.random.default_rng(0)
+        weights = [rng.uniform(0.5, 1.5, 6), rng.normal(0, 1, 6), rng.normal(0, 1, 6), rng.uniform(1, 2, 6)]
+        reference.set_weights(weights)
+        fused.set_weights(weights)
+        want = _batch_norm_step(reference, x, training)
+        got = _batch_norm_step(fused, x, training)
+        assert got[0].dtype == want[0].dtype
+        tolerance = 1e-4 if policy == "float32" else 2e-2
+        for w, g in zip(want, got):
+            w = tf.cast(w, tf.float32).numpy()
+            np.testing.assert_allclose(tf.cast(g, tf.float32), w, rtol=tolerance,
+                                       atol=tolerance * np.abs(w).max())
+        for w, g in zip(reference.non_trainable_weights, fused.non_trainable_weights):
+            np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-5)
+        if training:  # the moving statistics moved
+            assert not np.allclose(fused.moving_mean.numpy(), weights[2])
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def test_synchronized_batch_norm_keeps_the_keras_path():
+    from usss_tf.model.layers import FusedBatchNormalization, batch_norm
+
+    layer = batch_norm(True, "bn")
+    assert isinstance(layer, FusedBatchNormalization) and layer.synchronized
+    clone = FusedBatchNormalization.from_config(layer.get_config())
+    assert clone.synchronized and clone.momentum == 0.9 and clone.epsilon == 1e-5
+    x = tf.random.stateless_normal((2, 3, 4, 5), seed=(7, 8))
+    clone.build(x.shape)
+    y = clone(x, training=True)
+    np.testing.assert_allclose(tf.reduce_mean(y, [0, 1, 2]), np.zeros(5), atol=1e-5)

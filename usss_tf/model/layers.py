@@ -16,9 +16,62 @@ def batch_norm(sync, name):
     of the batch; the synchronized form makes a multi-replica step equal a
     single-device step on the same global batch.
     """
-    return keras.layers.BatchNormalization(
-        momentum=0.9, epsilon=1e-5, synchronized=sync, name=name
-    )
+    return FusedBatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=sync, name=name)
+
+
+@keras.saving.register_keras_serializable("usss_tf")
+class FusedBatchNormalization(keras.layers.BatchNormalization):
+    """``keras.layers.BatchNormalization`` computed by TensorFlow's fused kernel.
+
+    Keras 3 normalises with a dozen element-wise ops (moments, then scale and
+    shift), each a pass over the activation, and as many again for the
+    gradient; ``FusedBatchNormV3`` (oneDNN on CPU, cuDNN on GPU) does each
+    direction in one op. Same variables, statistics and moving-average rule
+    as the Keras layer (its biased batch variance), so checkpoints and
+    configs are interchangeable. Synchronised BatchNorm, masks and
+    non-channels-last axes take the Keras path: the fused op cannot reduce
+    over replicas.
+    """
+
+    def _can_fuse(self, inputs, mask):
+        return (
+            keras.backend.backend() == "tensorflow"
+            and not self.synchronized
+            and not self.renorm
+            and mask is None
+            and len(inputs.shape) == 4
+            and self.axis in (3, -1)
+        )
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._can_fuse(inputs, mask):
+            return super().call(inputs, training=training, mask=mask)
+        # Statistics in float32 as Keras keeps them (inputs may be bfloat16/float16).
+        x = tf.cast(inputs, tf.float32)
+        channels = x.shape[-1]
+        gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels])
+        beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels])
+        if training and self.trainable:
+            outputs, mean, unbiased_variance, *_ = tf.raw_ops.FusedBatchNormV3(
+                x=x, scale=gamma, offset=beta, mean=tf.zeros([0]), variance=tf.zeros([0]),
+                epsilon=self.epsilon, data_format="NHWC", is_training=True,
+            )
+            # The kernel reports the variance with Bessel's correction; Keras
+            # (and the normalisation itself) use the biased one.
+            count = tf.cast(tf.size(x) // channels, tf.float32)
+            variance = unbiased_variance * (count - 1.0) / tf.maximum(count, 1.0)
+            self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+            self.moving_variance.assign(
+                self.moving_variance * self.momentum + variance * (1.0 - self.momentum)
+            )
+        else:
+            outputs, *_ = tf.raw_ops.FusedBatchNormV3(
+                x=x, scale=gamma, offset=beta,
+                mean=tf.cast(self.moving_mean, tf.float32),
+                variance=tf.cast(self.moving_variance, tf.float32),
+                epsilon=self.epsilon, data_format="NHWC", is_training=False,
+            )
+        return tf.cast(outputs, self.compute_dtype)
 
 
 def _pair(value):
