@@ -5,7 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
-# One pytest-xdist worker per core: the suite is CPU-bound TensorFlow.
+# One pytest-xdist worker per core: the suite is CPU-bound TensorFlow. Work stealing
+# moves queued tests to an idle worker, so the slowest (run first) do not pile up on one.
 PYTEST_WORKERS ?= auto
 
 .PHONY: demo test test-all install clean
@@ -22,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/usss-tf train pipelines/quickstart.yaml --run-dir runs/quickstart
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 clean:
 	rm -rf runs data

@@ -140,7 +140,8 @@ def train_step(model, optimizer, batch):
     return total
 
 
-def measure(backbone, batch, size, width=1.0, steps=10, channels_last=False, bf16=False):
+def make_step(backbone, batch, size, width=1.0, channels_last=False, bf16=False):
+    """(model, a function running one training step on a constant batch and returning its loss)."""
     torch.manual_seed(0)
     model = Segmenter(backbone, width).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=4e-3)
@@ -160,14 +161,19 @@ def measure(backbone, batch, size, width=1.0, steps=10, channels_last=False, bf1
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             return float(train_step(model, optimizer, data))
 
+    return model, step
+
+
+def timed(step):
     start = time.perf_counter()
     step()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
+    return time.perf_counter() - start
+
+
+def measure(backbone, batch, size, width=1.0, steps=10, channels_last=False, bf16=False):
+    model, step = make_step(backbone, batch, size, width, channels_last, bf16)
+    first = timed(step)
+    times = [timed(step) for _ in range(steps)]
     images = len(DOMAINS) * batch * 2
     median = float(np.median(times))
     return {
@@ -181,6 +187,22 @@ def measure(backbone, batch, size, width=1.0, steps=10, channels_last=False, bf1
     }
 
 
+def serve_steps(backbone, batch, size, width, channels_last, bf16):
+    """Step on request: one line on stdout per line on stdin (``compare_torch.py --interleave``).
+
+    Prints ``{"ready": first_step_seconds, "parameters": ...}`` once built and
+    warmed up, then for every ``step`` line read, runs one step and prints
+    its seconds; ends at end of input.
+    """
+    model, step = make_step(backbone, batch, size, width, channels_last, bf16)
+    first = timed(step)
+    print(json.dumps({"ready": round(first, 2), "torch": torch.__version__,
+                      "parameters": int(sum(p.numel() for p in model.parameters()))}), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "step":
+            print(timed(step), flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", action="append", default=None,
@@ -192,9 +214,15 @@ def main():
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--precision", default="float32", choices=("float32", "mixed_bfloat16"))
+    parser.add_argument("--serve-steps", action="store_true",
+                        help="one backbone; run a step per 'step' line on stdin (compare_torch.py)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     size = tuple(int(v) for v in args.size.split("x"))
+    if args.serve_steps:
+        serve_steps((args.backbone or ["drn_d_22"])[0], args.batch, size, args.width,
+                    args.channels_last, args.precision == "mixed_bfloat16")
+        return
     results = [measure(b, args.batch, size, args.width, args.steps, args.channels_last,
                        args.precision == "mixed_bfloat16")
                for b in (args.backbone or ["erfnet", "drn_d_22"])]

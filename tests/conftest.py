@@ -5,7 +5,9 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import copy
+import fcntl
 import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -87,5 +89,40 @@ def train_tiny():
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-    """A finished tiny run directory shared by the tests that need a trained model."""
-    return train_tiny_run(tmp_path_factory.mktemp("tiny_run"))
+    """A finished tiny run directory shared by the tests that need a trained model.
+
+    Trained once per test session, not once per pytest-xdist worker: the
+    first worker to ask trains it under a file lock in the session's shared
+    temporary folder, the others wait and reuse it. Tests only read it
+    (they copy it to change it).
+    """
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # shared by every worker of this session
+    target = base / "shared_tiny_run"
+    with open(base / "shared_tiny_run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = target / "trained"
+        if not done.exists():
+            shutil.rmtree(target, ignore_errors=True)  # a worker that died mid-training
+            train_tiny_run(target)
+            done.touch()
+    return target / "run"
+
+
+def _expected_seconds(item):
+    """``@pytest.mark.slow(seconds=N)``'s N (a rough figure on 2 cores), 30 for a bare ``slow``, else 0."""
+    marker = item.get_closest_marker("slow")
+    return 0 if marker is None else marker.kwargs.get("seconds", 30)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Runs the slowest tests first, so pytest-xdist's workers end together.
+
+    xdist hands out tests in collection order: a four-minute test collected
+    last would run alone on one core at the end. ``make test`` adds
+    ``--dist worksteal`` so that an idle worker also takes tests queued on a
+    busy one (plain ``load`` scheduling pre-assigns them and left one core
+    idle for minutes at the end).
+    """
+    items.sort(key=lambda item: -_expected_seconds(item))

@@ -10,6 +10,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_train_step_benchmark_smoke(tmp_path):
     out = tmp_path / "bench.json"
     subprocess.run(
@@ -30,6 +31,7 @@ def test_train_step_benchmark_smoke(tmp_path):
     assert abs(sum(e["share"] for e in profile["ops"]) - 1) < 0.5
 
 
+@pytest.mark.slow
 def test_input_pipeline_benchmark_smoke(tmp_path):
     out = tmp_path / "pipeline.json"
     subprocess.run(
@@ -46,6 +48,7 @@ def test_input_pipeline_benchmark_smoke(tmp_path):
     assert report["ratio"] > 0
 
 
+@pytest.mark.slow
 def test_inference_benchmark_smoke(tmp_path):
     out = tmp_path / "inference.json"
     subprocess.run(

@@ -113,7 +113,7 @@ def _wait_for(predicate, timeout, process):
     return False
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=95)
 def test_train_end_to_end_killed_and_resumed(tmp_path):
     root = write_camvid_tree(tmp_path / "data")
     config = _config(tmp_path, root)

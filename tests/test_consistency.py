@@ -104,6 +104,7 @@ def _hand_loss(pseudo, confidence, valid, logits, threshold):
     return float((ce * (confidence >= threshold) * valid).sum() / valid.sum())
 
 
+@pytest.mark.slow
 def test_training_with_consistency_lowers_the_loss_and_is_deterministic():
     config = config_lib.ConsistencyConfig(threshold=0.0)
     batch = _batch(np.random.default_rng(1))
@@ -172,7 +173,7 @@ class _KilledExperiment(train_lib.Experiment):
             raise _Killed
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=150)
 def test_univ_full_with_consistency_killed_and_resumed_equals_the_uninterrupted_run(tmp_path, train_tiny):
     changes = {"train": {"pretrain_steps": 2, "steps": 4, "checkpoint_every": 2, "log_every": 1,
                          "verbose": 0, "optimizer": "sgd", "learning_rate": 0.01},

@@ -51,6 +51,7 @@ def test_policy_is_restored_after_the_block():
     assert keras.config.dtype_policy().name == before
 
 
+@pytest.mark.slow
 def test_mixed_bfloat16_train_step_has_float32_losses_and_variables():
     model = UniversalSegmenter.from_experiment(_config("mixed_bfloat16"))
     assert keras.config.dtype_policy().name == "float32"  # construction does not leak the policy

@@ -63,6 +63,7 @@ def train(run_dir, stop_after=None, policy="float32", strategy=None, **trainer_o
     return model, seen
 
 
+@pytest.mark.slow
 def test_a_stopped_stage_resumes_where_its_checkpoint_left_it(tmp_path):
     full, seen = train(tmp_path / "full")
     assert seen == [1, 2, 3, 4]

@@ -73,6 +73,7 @@ def _batch(rng, domains, size=(32, 64), n=2):
     return batch
 
 
+@pytest.mark.slow
 def test_full_train_step_reports_every_term_and_lowers_the_loss():
     keras.utils.set_random_seed(0)
     model = _model()

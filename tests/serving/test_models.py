@@ -34,6 +34,7 @@ def loads(monkeypatch):
     return calls
 
 
+@pytest.mark.slow
 def test_latest_policy_pinned_versions_and_a_broken_one(model_base, exported, loads):
     store = models.ModelStore(model_base, MODEL, poll_seconds=3600)
     store.refresh()
@@ -72,6 +73,7 @@ def test_runner_checks_inputs_before_running(model_base, scene_pngs):
         store.get(MODEL).runner("segment_mars", MODEL)
 
 
+@pytest.mark.slow
 def test_a_storm_of_pinned_requests_loads_each_version_once_and_keeps_few(model_base, exported, loads):
     for version in (2, 3):
         add_version(model_base, exported, version)

@@ -216,6 +216,7 @@ def _wait_for(condition, timeout):
     raise AssertionError(f"condition not met within {timeout} s")
 
 
+@pytest.mark.slow
 def test_a_new_version_is_served_without_a_restart(exported, tmp_path, scene_pngs):
     model_base = tmp_path / MODEL
     model_base.mkdir()
