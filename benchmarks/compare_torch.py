@@ -26,10 +26,11 @@ import pathlib
 import statistics
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from train_step import DOMAINS, machine, make_step, measure, synthetic_batch, write_report  # noqa: E402
+from train_step import (  # noqa: E402
+    images_per_step, machine, make_step, measure, synthetic_batch, timed_step, write_report,
+)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -48,12 +49,6 @@ def torch_measure(python, backbone, batch, size, width, steps, threads, precisio
     return report["torch"], report["results"][0]
 
 
-def _timed(step, data):
-    start = time.perf_counter()
-    float(step(data)["loss"])
-    return time.perf_counter() - start
-
-
 def interleaved(python, backbone, batch, size, width, steps, threads, precision, channels_last):
     """Our step and PyTorch's, alternating one by one; per-pair ratios (see the module doc)."""
     command = [python, str(HERE / "torch_train_step.py"), "--serve-steps", "--backbone", backbone,
@@ -66,7 +61,7 @@ def interleaved(python, backbone, batch, size, width, steps, threads, precision,
     try:
         model, step = make_step(backbone, width, precision=precision)
         data = synthetic_batch(batch, size)
-        compile_seconds = _timed(step, data)
+        compile_seconds = timed_step(step, data)
         ready = json.loads(theirs_process.stdout.readline())
 
         def theirs_step():
@@ -78,14 +73,14 @@ def interleaved(python, backbone, batch, size, width, steps, threads, precision,
         for i in range(steps):  # alternate who goes first, so neither always follows the other
             if i % 2:
                 theirs.append(theirs_step())
-                ours.append(_timed(step, data))
+                ours.append(timed_step(step, data))
             else:
-                ours.append(_timed(step, data))
+                ours.append(timed_step(step, data))
                 theirs.append(theirs_step())
     finally:
         theirs_process.stdin.close()
         theirs_process.wait(timeout=120)
-    images = len(DOMAINS) * batch * 2
+    images = images_per_step(batch)
     ratios = [t / o for o, t in zip(ours, theirs)]
     return ready["torch"], {
         "backbone": backbone, "precision": precision, "mode": "interleaved", "steps": steps,

@@ -59,18 +59,22 @@ def synthetic_batch(batch, size, supervised_only=False, domains=DOMAINS):
     return data
 
 
+def timed_step(step, data):
+    """Seconds of one call of ``step``, synchronised on its loss."""
+    start = time.perf_counter()
+    float(step(data)["loss"])
+    return time.perf_counter() - start
+
+
+def images_per_step(batch, supervised_only=False):
+    return len(DOMAINS) * batch * (1 if supervised_only else 2)
+
+
 def time_steps(step, batches, steps):
     """(first call seconds, per-step seconds of the next ``steps`` calls); ``batches`` yields inputs."""
     batches = iter(batches)
-    start = time.perf_counter()
-    float(step(next(batches))["loss"])
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        float(step(next(batches))["loss"])
-        times.append(time.perf_counter() - start)
-    return first, times
+    first = timed_step(step, next(batches))
+    return first, [timed_step(step, next(batches)) for _ in range(steps)]
 
 
 # A kernel's trace event on a TensorFlow compute thread: "<op name>:<op type>".
@@ -128,7 +132,7 @@ def measure(backbone, batch, size, width=1.0, steps=10, supervised_only=False, p
     model, step = make_step(backbone, width, supervised_only, precision)
     data = synthetic_batch(batch, size, supervised_only)
     compile_seconds, times = time_steps(step, iter(lambda: data, None), steps)
-    images = len(DOMAINS) * batch * (1 if supervised_only else 2)
+    images = images_per_step(batch, supervised_only)
     median = float(np.median(times))
     profile = {}
     if profile_dir:
