@@ -54,9 +54,11 @@ def test_objective_needs_the_consistency_config_when_its_terms_are_on():
     assert objective.uses_consistency and objective.uses_unlabeled and not objective.uses_embedding
 
 
-def test_consistency_terms_equal_a_hand_computation():
+@pytest.mark.parametrize("class_adaptive", [False, True])
+def test_consistency_terms_equal_a_hand_computation(class_adaptive):
     """Pseudo-labels from the weak view (same training-mode pass), pasted with the box into
-    the strong view's targets; the feature stream drops whole channels by each sample's seed."""
+    the strong view's targets; the feature stream drops whole channels by each sample's seed.
+    With class-adaptive thresholds each pixel's threshold is its pseudo-label's class's."""
     model = _model()
     batch = _batch(np.random.default_rng(0))
     # A threshold that splits the pixels: the median confidence of domain a's weak view.
@@ -64,7 +66,8 @@ def test_consistency_terms_equal_a_hand_computation():
                         (16, 32))
     threshold = float(np.median(tf.nn.softmax(weak).numpy().max(-1)))
     config = config_lib.ConsistencyConfig(threshold=threshold, feature_dropout=0.5,
-                                          distribution_alignment=False)
+                                          distribution_alignment=False,
+                                          class_adaptive_threshold=class_adaptive)
     terms = Objective(ON, num_domains=2, consistency=config).terms(model, batch, training=False)
     assert sorted(terms) == sorted(f"{t}/{d}" for t in ON for d in DOMAINS)
 
@@ -77,13 +80,21 @@ def test_consistency_terms_equal_a_hand_computation():
         pseudo, confidence = probabilities.argmax(-1), probabilities.max(-1)
         box, valid = b["cutmix_box"].numpy(), b["unlabeled_valid"].numpy()
         assert 0.02 < (confidence >= threshold).mean() < 0.98, "the threshold must split the pixels"
+        per_class = np.full(probabilities.shape[-1], threshold)
+        if class_adaptive:
+            confident = (confidence >= threshold) * valid
+            counts = np.array([confident[pseudo == k].sum() for k in range(len(per_class))])
+            beta = counts / max(counts.max(), 1.0)
+            per_class = threshold * beta / (2 - beta)
+            assert len(np.unique(per_class)) > 1
 
         partner = np.array([1, 0, 3, 2])
         strong = np.where(box[..., None] > 0, b["unlabeled_strong"].numpy()[partner],
                           b["unlabeled_strong"].numpy())
         strong_logits = model.decode(model.encode(normalize(tf.constant(strong))), d, size).numpy()
         mixed = lambda x: np.where(box > 0, x[partner], x)  # noqa: E731
-        expected = _hand_loss(mixed(pseudo), mixed(confidence), mixed(valid), strong_logits, threshold)
+        expected = _hand_loss(mixed(pseudo), mixed(confidence), mixed(valid), strong_logits,
+                              per_class[mixed(pseudo)])
         assert float(terms[f"consistency_strong/{d}"]) == pytest.approx(expected, rel=1e-4)
 
         channels = weak_features.shape[-1]
@@ -93,7 +104,7 @@ def test_consistency_terms_equal_a_hand_computation():
         assert 0 < keep.mean() < 1
         dropped = weak_features.numpy() * keep[:, None, None, :] * 2.0
         feature_logits = model.decode(tf.constant(dropped), d, size).numpy()
-        expected = _hand_loss(pseudo, confidence, valid, feature_logits, threshold)
+        expected = _hand_loss(pseudo, confidence, valid, feature_logits, per_class[pseudo])
         assert float(terms[f"consistency_feature/{d}"]) == pytest.approx(expected, rel=1e-4)
 
 

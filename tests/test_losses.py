@@ -78,3 +78,21 @@ def test_distribution_alignment_boosts_the_classes_the_model_under_predicts():
     padded = losses.align_distribution(probabilities, np.array([[[1.0, 0.0]]], np.float32), labels,
                                        smoothing=0.0).numpy()
     np.testing.assert_allclose(padded[0, 0, 0], [0.5, 0.5], rtol=1e-6)
+
+
+def test_class_adaptive_thresholds_lower_the_rarely_confident_classes():
+    # Six pixels, three classes: class 0 has 3 confident pixels, class 1 one, class 2 none
+    # (its one pixel is below 0.9); the padded pixel (confident class 1) does not count.
+    pseudo = np.array([[[0, 0, 0, 1, 2, 1]]], np.int32)
+    confidence = np.array([[[0.95, 0.99, 0.91, 0.97, 0.5, 0.99]]], np.float32)
+    valid = np.array([[[1, 1, 1, 1, 1, 0]]], np.float32)
+    thresholds = losses.class_adaptive_thresholds(pseudo, confidence, valid, 3, 0.9).numpy()
+    beta = np.array([1.0, 1 / 3, 0.0])
+    np.testing.assert_allclose(thresholds, 0.9 * beta / (2 - beta), rtol=1e-6)
+    # Gathered per pixel, they gate the loss: class 1's pixel passes at its lower threshold.
+    logits = np.zeros((1, 1, 6, 3), np.float32)
+    per_pixel = np.take(thresholds, pseudo)
+    loss = losses.pseudo_label_cross_entropy(pseudo, confidence, valid, logits, per_pixel)
+    assert float(loss) == pytest.approx(5 * math.log(3) / 5, rel=1e-6)  # every valid pixel passes
+    nothing = losses.class_adaptive_thresholds(pseudo, confidence * 0, valid, 3, 0.9).numpy()
+    np.testing.assert_array_equal(nothing, [0.0, 0.0, 0.0])

@@ -204,6 +204,9 @@ class ConsistencyConfig:
     # Pseudo-label probabilities x (labelled class frequency / mean prediction),
     # renormalised (losses.align_distribution): counters the bias to frequent classes.
     distribution_alignment: bool = True
+    # Per-class thresholds, lower for classes with few confident pixels
+    # (losses.class_adaptive_thresholds, FlexMatch); off: one threshold for all.
+    class_adaptive_threshold: bool = False
     color_jitter: float = 0.8  # Probability of colour jitter on the strong view.
     grayscale: float = 0.2
     blur: float = 0.5

@@ -69,7 +69,8 @@ def pseudo_label_cross_entropy(pseudo_labels, confidence, valid, logits, thresho
       confidence: float [B, H, W] their probability.
       valid: float [B, H, W], 1 for image pixels, 0 for crop padding.
       logits: float [B, H, W, C] of the perturbed view.
-      threshold: the confidence threshold.
+      threshold: the confidence threshold: a scalar, or float [B, H, W] per
+        pixel (``class_adaptive_thresholds`` gathered by pseudo-label).
     """
     logits = tf.cast(logits, tf.float32)
     valid = tf.cast(valid, tf.float32)
@@ -85,6 +86,33 @@ def _replica_sum(value):
     if context is None or tf.distribute.get_strategy().num_replicas_in_sync == 1:
         return value
     return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def class_adaptive_thresholds(pseudo_labels, confidence, valid, num_classes, threshold):
+    """Per-class confidence thresholds (FlexMatch's curriculum pseudo-labelling, per batch).
+
+    A class the model is rarely confident about (a small class, at few
+    labels) gets a lower threshold, so its pseudo-labels are not all thrown
+    away while the frequent classes keep theirs: with ``beta_k`` = confident
+    pixels predicted as class k / the most confident pixels of any class
+    (over the global batch), class k's threshold is
+    ``threshold * beta_k / (2 - beta_k)`` (FlexMatch's convex mapping). The
+    most confidently predicted class keeps ``threshold``.
+
+    Args:
+      pseudo_labels: int [B, H, W] class ids.
+      confidence: float [B, H, W] their probability.
+      valid: float [B, H, W], 1 for image pixels.
+      num_classes: C.
+      threshold: the fixed threshold.
+    Returns:
+      float32 [C].
+    """
+    confident = tf.cast(tf.cast(confidence, tf.float32) >= threshold, tf.float32) * tf.cast(valid, tf.float32)
+    counts = _replica_sum(tf.math.unsorted_segment_sum(
+        tf.reshape(confident, [-1]), tf.reshape(tf.cast(pseudo_labels, tf.int32), [-1]), num_classes))
+    beta = counts / tf.maximum(tf.reduce_max(counts), 1.0)
+    return threshold * beta / (2.0 - beta)
 
 
 def align_distribution(probabilities, valid, labels, ignore_label=IGNORE_LABEL, smoothing=1e-3):

@@ -263,17 +263,27 @@ class Objective:
             probabilities = losses.align_distribution(probabilities, valid, batch["labels"])
         pseudo_labels = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
         confidence = tf.reduce_max(probabilities, axis=-1)
+        per_class = losses.class_adaptive_thresholds(
+            pseudo_labels, confidence, valid, tf.shape(probabilities)[-1], c.threshold
+        ) if c.class_adaptive_threshold else None
+
+        def thresholds(labels):
+            """The threshold of each pixel of ``labels``: one for all, or its class's."""
+            return c.threshold if per_class is None else tf.gather(per_class, labels)
+
         terms = {}
         if w["consistency_strong"] > 0:
             box = batch["cutmix_box"]
             strong_logits = model.decode(strong_features, domain, size)
+            pasted = strong_views.paste_partner(pseudo_labels, box)
             terms[f"consistency_strong/{domain}"] = losses.pseudo_label_cross_entropy(
-                strong_views.paste_partner(pseudo_labels, box), strong_views.paste_partner(confidence, box),
-                strong_views.paste_partner(valid, box), strong_logits, c.threshold)
+                pasted, strong_views.paste_partner(confidence, box),
+                strong_views.paste_partner(valid, box), strong_logits, thresholds(pasted))
         if w["consistency_feature"] > 0:
             perturbed = channel_dropout(weak_features, c.feature_dropout, batch["unlabeled_seed"])
             terms[f"consistency_feature/{domain}"] = losses.pseudo_label_cross_entropy(
-                pseudo_labels, confidence, valid, model.decode(perturbed, domain, size), c.threshold)
+                pseudo_labels, confidence, valid, model.decode(perturbed, domain, size),
+                thresholds(pseudo_labels))
         return terms
 
     def total(self, terms):
