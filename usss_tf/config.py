@@ -207,8 +207,8 @@ class ConsistencyConfig:
     distribution_alignment: bool = True
     # Per-class thresholds, lower for classes with few confident pixels
     # (losses.class_adaptive_thresholds, FlexMatch); false: one threshold for all.
-    # On by default: better than one threshold in 9 of 10 seed-paired synthetic
-    # runs (docs/RESULTS.md, "Class-adaptive thresholds").
+    # On by default: better than one threshold in 10 of 12 seed-paired synthetic
+    # runs, one tie, one -1.0 (docs/RESULTS.md, "Class-adaptive thresholds").
     class_adaptive_threshold: bool = True
     color_jitter: float = 0.8  # Probability of colour jitter on the strong view.
     grayscale: float = 0.2
