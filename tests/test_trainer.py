@@ -106,6 +106,36 @@ def test_the_encoder_multiplier_scales_its_whole_update(optimizer):
     np.testing.assert_allclose(moved_encoder, 0.1 * moved_head, rtol=1e-4)  # float32 differences of ~2.
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_with_multiplier_one_the_updates_equal_keras_own(optimizer):
+    """The weight decay evaluates the schedule once per step, not per variable: same values as
+    Keras' optimizer, bit for bit, over decaying steps of a traced update under MirroredStrategy."""
+    config = config_lib.TrainConfig(optimizer=optimizer, momentum=0.9, learning_rate=0.1,
+                                    weight_decay=0.01)
+    schedule = keras.optimizers.schedules.PolynomialDecay(0.1, 5, 1e-3, power=0.9)
+    reference = {"sgd": lambda: keras.optimizers.SGD(schedule, momentum=0.9, weight_decay=0.01),
+                 "adamw": lambda: keras.optimizers.AdamW(schedule, weight_decay=0.01)}[optimizer]
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    results = []
+    for make in (lambda: make_optimizer(config, 5), reference):
+        with strategy.scope():
+            variables = [tf.Variable([1.0, -2.0]), tf.Variable([[0.5], [3.0]])]
+            opt = make()
+
+        @tf.function
+        def step(scale):
+            def replica():
+                opt.apply([scale * tf.ones_like(v) for v in variables], variables)
+            strategy.run(replica)
+
+        for scale in (0.5, -0.25, 1.0, 2.0):
+            step(tf.constant(scale))
+        results.append([v.numpy() for v in variables])
+    for ours, keras_own in zip(*results):
+        np.testing.assert_array_equal(ours, keras_own)
+    assert not np.array_equal(results[0][0], [1.0, -2.0])
+
+
 def test_a_zero_multiplier_and_frozen_batchnorm_keep_the_encoder_as_it_was(tmp_path):
     """Through the real trainer under MirroredStrategy: the encoder (weights and BN statistics)
     stays bit for bit, the decoders learn."""
