@@ -106,34 +106,56 @@ def test_the_encoder_multiplier_scales_its_whole_update(optimizer):
     np.testing.assert_allclose(moved_encoder, 0.1 * moved_head, rtol=1e-4)  # float32 differences of ~2.
 
 
+def _train_variables(make_optimizers, steps=4):
+    """Variables [a, b] after traced SGD/Adam steps under MirroredStrategy; ``make_optimizers(a, b)``
+    returns ``[(optimizer, variables it updates), ...]``."""
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        variables = [tf.Variable([1.0, -2.0]), tf.Variable([[0.5], [3.0]])]
+        optimizers = make_optimizers(*variables)
+
+    @tf.function
+    def step(scale):
+        def replica():
+            for opt, updated in optimizers:
+                opt.apply([tf.reshape(scale * tf.range(tf.size(v), dtype=tf.float32), v.shape) - v
+                           for v in updated], updated)
+        strategy.run(replica)
+
+    for scale in (0.5, -0.25, 1.0, 2.0)[:steps]:
+        step(tf.constant(scale))
+    return [v.numpy() for v in variables]
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_with_multiplier_one_the_updates_equal_keras_own(optimizer):
-    """The weight decay evaluates the schedule once per step, not per variable: same values as
-    Keras' optimizer, bit for bit, over decaying steps of a traced update under MirroredStrategy."""
+    """The step's learning rate and Adam's bias correction are computed once per step, not per
+    variable: the same values as Keras' optimizer, bit for bit, over decaying traced steps."""
     config = config_lib.TrainConfig(optimizer=optimizer, momentum=0.9, learning_rate=0.1,
                                     weight_decay=0.01)
     schedule = keras.optimizers.schedules.PolynomialDecay(0.1, 5, 1e-3, power=0.9)
     reference = {"sgd": lambda: keras.optimizers.SGD(schedule, momentum=0.9, weight_decay=0.01),
                  "adamw": lambda: keras.optimizers.AdamW(schedule, weight_decay=0.01)}[optimizer]
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
-    results = []
-    for make in (lambda: make_optimizer(config, 5), reference):
-        with strategy.scope():
-            variables = [tf.Variable([1.0, -2.0]), tf.Variable([[0.5], [3.0]])]
-            opt = make()
+    ours = _train_variables(lambda a, b: [(make_optimizer(config, 5), [a, b])])
+    keras_own = _train_variables(lambda a, b: [(reference(), [a, b])])
+    for mine, theirs in zip(ours, keras_own):
+        np.testing.assert_array_equal(mine, theirs)
+    assert not np.array_equal(ours[0], [1.0, -2.0])
 
-        @tf.function
-        def step(scale):
-            def replica():
-                opt.apply([scale * tf.ones_like(v) for v in variables], variables)
-            strategy.run(replica)
 
-        for scale in (0.5, -0.25, 1.0, 2.0):
-            step(tf.constant(scale))
-        results.append([v.numpy() for v in variables])
-    for ours, keras_own in zip(*results):
-        np.testing.assert_array_equal(ours, keras_own)
-    assert not np.array_equal(results[0][0], [1.0, -2.0])
+def test_adamw_with_a_multiplier_equals_keras_adamw_at_the_multiplied_rate():
+    config = config_lib.TrainConfig(optimizer="adamw", learning_rate=0.1, weight_decay=0.01)
+    ours = _train_variables(lambda a, b: [(make_optimizer(config, 5, [a], 0.25), [a, b])])
+
+    def keras_pair(a, b):
+        def adamw(rate):
+            return keras.optimizers.AdamW(
+                keras.optimizers.schedules.PolynomialDecay(rate, 5, rate * 1e-2, power=0.9),
+                weight_decay=0.01)
+        return [(adamw(0.025), [a]), (adamw(0.1), [b])]
+
+    for mine, theirs in zip(ours, _train_variables(keras_pair)):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-6)
 
 
 def test_a_zero_multiplier_and_frozen_batchnorm_keep_the_encoder_as_it_was(tmp_path):

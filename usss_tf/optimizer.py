@@ -63,7 +63,46 @@ class SGD(LayerwiseLearningRate, keras.optimizers.SGD):
 
 
 class AdamW(LayerwiseLearningRate, keras.optimizers.AdamW):
-    """AdamW with a per-variable-set learning-rate multiplier."""
+    """AdamW with a per-variable-set learning-rate multiplier.
+
+    Keras' Adam recomputes the step's bias correction (two powers, a square
+    root, a division: about 15 ops) inside the update of every variable. The
+    same expressions are computed here once per step, so the update is the
+    same bit for bit with a much smaller step graph (faster to trace and
+    optimise, fewer ops to run per step).
+    """
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        super()._backend_update_step(grads, trainable_variables, self._step_factors(learning_rate))
+
+    def _step_factors(self, learning_rate):
+        """The learning rate and Adam's bias-corrected step size, plain and multiplied."""
+        lr = tf.cast(learning_rate, tf.float32)
+        local_step = tf.cast(self.iterations + 1, tf.float32)
+        beta_1_power = tf.pow(tf.cast(self.beta_1, tf.float32), local_step)
+        beta_2_power = tf.pow(tf.cast(self.beta_2, tf.float32), local_step)
+        correction = tf.sqrt(1 - beta_2_power)
+
+        def alpha(rate):
+            return rate * correction / (1 - beta_1_power)
+
+        factors = {"learning_rate": lr, "alpha": alpha(lr)}
+        if getattr(self, "_multiplier", 1.0) != 1.0:
+            factors["alpha_multiplied"] = alpha(lr * self._multiplier)
+        return factors
+
+    def update_step(self, gradient, variable, learning_rate):
+        if not isinstance(learning_rate, dict):
+            return super().update_step(gradient, variable, learning_rate)
+        if variable.dtype != tf.float32 or self.amsgrad:
+            return super().update_step(gradient, variable, learning_rate["learning_rate"])
+        alpha = learning_rate["alpha_multiplied" if self._multiplied(variable) else "alpha"]
+        gradient = tf.cast(gradient, variable.dtype)
+        m = self._momentums[self._get_variable_index(variable)]
+        v = self._velocities[self._get_variable_index(variable)]
+        self.assign_add(m, (gradient - m) * (1 - self.beta_1))
+        self.assign_add(v, (tf.square(gradient) - v) * (1 - self.beta_2))
+        self.assign_sub(variable, (m * alpha) / (tf.sqrt(v) + self.epsilon))
 
 
 def make_optimizer(train_config, steps, encoder_variables=(), encoder_multiplier=1.0):
