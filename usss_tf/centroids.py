@@ -29,7 +29,7 @@ def collect_features(model, dataset, domain, num_classes, pixels_per_class, seed
       (features float32 [N, F], labels int32 [N]).
     """
 
-    @tf.function
+    @tf.function(autograph=False)  # Plain TF ops: autograph would only add trace time.
     def encode(images, labels):
         features = model.features(images, domain, training=False)
         grid = tf.image.resize(labels[..., None], tf.shape(features)[1:3], method="nearest")

@@ -236,7 +236,8 @@ def serving_functions(model, with_embedding=True, max_image_pixels=MAX_IMAGE_PIX
     """``{signature name: tf.function}`` with explicit input signatures, for every signature.
 
     Every function is the model's inference path (``segment`` or
-    ``nearest_classes``) behind the input checks; none restates it.
+    ``nearest_classes``) behind the input checks; none restates it. Traced
+    without autograph: none has Python control flow on tensors.
     """
     bytes_spec = tf.TensorSpec([None], tf.string, name=INPUT_NAME)
     tensor_spec = tf.TensorSpec([None, None, None, 3], tf.uint8, name=INPUT_NAME)
@@ -246,12 +247,12 @@ def serving_functions(model, with_embedding=True, max_image_pixels=MAX_IMAGE_PIX
         functions[segment_signature(name)] = tf.function(
             _named(lambda images, d=name: model.segment(decode_images(images, **limits), d),
                    segment_signature(name)),
-            input_signature=[bytes_spec],
+            input_signature=[bytes_spec], autograph=False,
         )
         functions[tensor_signature(name)] = tf.function(
             _named(lambda images, d=name: model.segment(check_tensor_images(images, **limits), d),
                    tensor_signature(name)),
-            input_signature=[tensor_spec],
+            input_signature=[tensor_spec], autograph=False,
         )
     functions[DEFAULT_SIGNATURE] = functions[segment_signature(model.domain_names[0])]
     if with_embedding:
@@ -259,7 +260,7 @@ def serving_functions(model, with_embedding=True, max_image_pixels=MAX_IMAGE_PIX
             functions[embed_signature(name)] = tf.function(
                 _named(lambda images, d=name: model.nearest_classes(
                     decode_images(images, **limits), d), embed_signature(name)),
-                input_signature=[bytes_spec],
+                input_signature=[bytes_spec], autograph=False,
             )
         functions[EMBED_SIGNATURE] = functions[embed_signature(model.domain_names[0])]
     return functions

@@ -33,8 +33,11 @@ class DomainPredictor:
     def __init__(self, model, domain):
         self.model = model
         self.domain = domain
-        self._class_ids = tf.function(self._segment, input_signature=[_IMAGES, _SIZE])
-        self._nearest = tf.function(self._nearest_class, input_signature=[_IMAGES, _SIZE])
+        # No Python control flow on tensors here: autograph's conversion would only cost trace time.
+        self._class_ids = tf.function(self._segment, input_signature=[_IMAGES, _SIZE],
+                                      autograph=False)
+        self._nearest = tf.function(self._nearest_class, input_signature=[_IMAGES, _SIZE],
+                                    autograph=False)
 
     def _segment(self, images, size):
         return self.model.segment(images, self.domain, size)["class_ids"]

@@ -127,7 +127,11 @@ class StageTrainer:
 
         An explicit ``strategy.run`` loop instead of ``Model.fit``: the same
         code runs under MirroredStrategy and MultiWorkerMirroredStrategy, where
-        Keras 3's ``fit`` fails (keras-team/keras#20585).
+        Keras 3's ``fit`` fails (keras-team/keras#20585). Traced without
+        autograph: the step has no Python control flow on tensors (Keras 3 is
+        backend-agnostic; ours uses ``tf.cond``/``tf.where``), and autograph's
+        source conversion was half of the step's trace time. Same graph, same
+        results; a tensor used as a Python bool fails loudly at trace time.
         """
         model, strategy = self.model, self.strategy
 
@@ -136,7 +140,7 @@ class StageTrainer:
             return {key: strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None)
                     for key, value in logs.items()}
 
-        return tf.function(step, jit_compile=False)
+        return tf.function(step, jit_compile=False, autograph=False)
 
     def _save(self, checkpoint, manager, number):
         """Writes a checkpoint: the chief into the run directory; another worker

@@ -152,7 +152,7 @@ class TransferPredictor:
     def __init__(self, model, source, target, with_embedding=False):
         self.model, self.source, self.target = model, source, target
         self.with_embedding = with_embedding
-        self._predict = tf.function(self._class_ids, input_signature=[_IMAGES, _SIZE])
+        self._predict = tf.function(self._class_ids, input_signature=[_IMAGES, _SIZE], autograph=False)
 
     def _class_ids(self, images, size):
         features = self.model.features(images, self.source)
