@@ -1,7 +1,6 @@
-"""Weak-to-strong consistency: the objective's terms against a hand computation, the
-strong views through the real pipeline, and a killed univ_full run resuming exactly."""
-
-import json
+"""Weak-to-strong consistency: the objective's terms against a hand computation and the
+strong views through the real pipeline (a killed univ_full run with both streams resuming
+exactly is ``test_cli.py``'s end-to-end test)."""
 
 import keras
 import numpy as np
@@ -9,8 +8,7 @@ import pytest
 import tensorflow as tf
 
 from usss_tf import config as config_lib
-from usss_tf import losses, method, train as train_lib
-from usss_tf.data import strong_views
+from usss_tf import method
 from usss_tf.method import Objective
 from usss_tf.model.segmenter import UniversalSegmenter
 
@@ -167,50 +165,3 @@ def test_strong_views_come_from_the_pipeline_as_a_function_of_seed_and_step(tmp_
     # Scale 0.5 of 32x64 images, random scale up to 1.25: the 32x64 crop is mostly padding.
     assert 0 < b["unlabeled_valid"].mean() < 1
     assert not np.array_equal(b["unlabeled_strong"], b["unlabeled"])
-
-
-class _Killed(Exception):
-    pass
-
-
-class _KilledExperiment(train_lib.Experiment):
-    """Dies (as a killed process would) right after universal step ``kill_after``."""
-
-    kill_after = 3
-
-    def _on_step(self, stage, step, steps, offset, save):
-        super()._on_step(stage, step, steps, offset, save)
-        if stage.name == method.UNIVERSAL and step == self.kill_after:
-            raise _Killed
-
-
-@pytest.mark.slow(seconds=150)
-def test_univ_full_with_consistency_killed_and_resumed_equals_the_uninterrupted_run(tmp_path, train_tiny):
-    changes = {"train": {"pretrain_steps": 2, "steps": 4, "checkpoint_every": 2, "log_every": 1,
-                         "verbose": 0, "optimizer": "sgd", "learning_rate": 0.01},
-               "loss": {"consistency_strong": 0.5},  # Both streams (the default has the feature one).
-               "consistency": {"threshold": 0.3}}
-    whole = train_tiny(tmp_path / "whole", **changes)
-
-    config = config_lib.load_config(whole / "config.yaml")
-    assert config.consistency.threshold == 0.3 and config.method == "univ_full"
-    killed_dir = tmp_path / "killed"
-    with pytest.raises(_Killed):
-        _KilledExperiment(config, killed_dir, echo=lambda *_: None).run()
-    assert not (killed_dir / "metrics.json").exists()
-    keras.utils.clear_session()
-    train_lib.run_experiment(config, killed_dir, echo=lambda *_: None)
-
-    logs = json.loads((whole / "stages.json").read_text())
-    assert set(logs) == {"pretrain", "centroids", "universal"}
-    resumed_miou = {d: r["miou"] for d, r in json.loads((killed_dir / "metrics.json").read_text()).items()}
-    whole_miou = {d: r["miou"] for d, r in json.loads((whole / "metrics.json").read_text()).items()}
-    assert resumed_miou == pytest.approx(whole_miou, abs=1e-6)
-    reader = tf.train.load_checkpoint
-    a = reader(tf.train.latest_checkpoint(str(whole / "checkpoints" / "universal")))
-    b = reader(tf.train.latest_checkpoint(str(killed_dir / "checkpoints" / "universal")))
-    names = [n for n in a.get_variable_to_shape_map() if n.startswith("model/")]
-    assert names
-    for name in names:
-        np.testing.assert_allclose(a.get_tensor(name), b.get_tensor(name), rtol=1e-5, atol=1e-6,
-                                   err_msg=name)
