@@ -26,7 +26,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from usss_tf import precision as precision_lib  # noqa: E402
+from usss_tf.config import TrainConfig  # noqa: E402
 from usss_tf.method import Objective  # noqa: E402
+from usss_tf.optimizer import make_optimizer  # noqa: E402
 from usss_tf.model.segmenter import UniversalSegmenter  # noqa: E402
 
 DOMAINS = {"synth_city": 10, "synth_camvid": 7}
@@ -41,8 +43,9 @@ def make_step(backbone, width=1.0, supervised_only=False, precision="float32", d
     model.build()
     model.objective = Objective({"supervised": 1} if supervised_only else FULL,
                                 num_domains=len(model.domains))
-    model.compile(optimizer=keras.optimizers.AdamW(1e-3))
-    return model, tf.function(model.train_step)
+    # The training command's optimizer (AdamW, polynomial decay) and trace settings (no autograph).
+    model.compile(optimizer=make_optimizer(TrainConfig(optimizer="adamw", learning_rate=1e-3), 1000))
+    return model, tf.function(model.train_step, autograph=False)
 
 
 def synthetic_batch(batch, size, supervised_only=False, domains=DOMAINS):
