@@ -87,27 +87,50 @@ def train_tiny():
     return train_tiny_run
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory):
-    """A finished tiny run directory shared by the tests that need a trained model.
+def _shared_once(tmp_path_factory, name, build):
+    """``build(folder)`` once per test session, not once per pytest-xdist worker.
 
-    Trained once per test session, not once per pytest-xdist worker: the
-    first worker to ask trains it under a file lock in the session's shared
-    temporary folder, the others wait and reuse it. Tests only read it
-    (they copy it to change it).
+    The first worker to ask builds ``folder`` under a file lock in the
+    session's shared temporary folder; the others wait and reuse it. A
+    marker file says it is complete (a worker that died mid-build leaves no
+    marker, and the next one starts over).
     """
     base = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         base = base.parent  # shared by every worker of this session
-    target = base / "shared_tiny_run"
-    with open(base / "shared_tiny_run.lock", "w") as lock:
+    folder = base / name
+    with open(base / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        done = target / "trained"
+        done = base / f"{name}.done"
         if not done.exists():
-            shutil.rmtree(target, ignore_errors=True)  # a worker that died mid-training
-            train_tiny_run(target)
+            shutil.rmtree(folder, ignore_errors=True)
+            build(folder)
             done.touch()
-    return target / "run"
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A finished tiny run directory shared by the tests that need a trained model.
+
+    Trained once per test session (``_shared_once``). Tests only read it
+    (they copy it to change it).
+    """
+    return _shared_once(tmp_path_factory, "shared_tiny_run", train_tiny_run) / "run"
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_run, tmp_path_factory):
+    """Version 1 of the tiny run in a model base ``usss/``, written by ``export.export_run``
+    once per test session (exporting costs tens of seconds). Tests only read it; those that
+    change a model base copy the version into their own."""
+    from usss_tf import export
+
+    def build(folder):
+        model_base = folder / "usss"
+        assert export.export_run(tiny_run, model_base=model_base) == model_base / "1"
+
+    return _shared_once(tmp_path_factory, "shared_tiny_export", build) / "usss" / "1"
 
 
 def _expected_seconds(item):

@@ -1,7 +1,8 @@
 """Export for TF Serving: layout, signatures, TF1-loader equality with Keras, warm-up, CLI.
 
 One export of the shared ``tiny_run`` (synth_city 10 classes + synth_camvid 7
-classes) is written per module and reused: exporting costs tens of seconds.
+classes), ``tiny_export``, is written once per session and reused: exporting
+costs tens of seconds.
 """
 
 import json
@@ -43,11 +44,9 @@ def trained(tiny_run):
 
 
 @pytest.fixture(scope="module")
-def model_base(tiny_run, tmp_path_factory):
-    """A model base holding version 1, exported from the tiny run."""
-    base = tmp_path_factory.mktemp("saved_models") / "usss"
-    assert export.export_run(tiny_run, model_base=base) == base / "1"
-    return base
+def model_base(tiny_export):
+    """A model base holding version 1, exported from the tiny run (shared: read only)."""
+    return tiny_export.parent
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from usss_tf import export, runs
+from usss_tf import runs
 from usss_tf.serving.server import ModelServer
 
 MODEL = "usss"
@@ -41,10 +41,10 @@ def trained(tiny_run):
 
 
 @pytest.fixture(scope="session")
-def exported(tiny_run, tmp_path_factory):
-    """Version 1 of the tiny run, exported with ``usss_tf.export.export_run``."""
-    model_base = tmp_path_factory.mktemp("saved_models") / MODEL
-    return export.export_run(tiny_run, model_base=model_base)
+def exported(tiny_export):
+    """Version 1 of the tiny run, exported with ``usss_tf.export.export_run`` (shared: read only)."""
+    assert tiny_export.parent.name == MODEL
+    return tiny_export
 
 
 @pytest.fixture(scope="session")
