@@ -107,11 +107,16 @@ def test_two_workers_equal_one_process_and_resume_after_a_worker_dies(tiny_confi
     # Two workers, killed after the first checkpoint, then re-run: they resume.
     two = tmp_path / "two"
     workers = _start_workers(tiny_config, two, tmp_path)
-    first = two / "checkpoints" / "universal" / "ckpt-2.index"
+    # The checkpoint state file names ckpt-2 only once its files are complete.
+    state = two / "checkpoints" / "universal" / "checkpoint"
+
+    def first_checkpoint_written():
+        return state.exists() and '"ckpt-2"' in state.read_text()
+
     deadline = time.monotonic() + 300
-    while not first.exists() and time.monotonic() < deadline:
+    while not first_checkpoint_written() and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert first.exists(), (tmp_path / "worker0.log").read_text()[-3000:]
+    assert first_checkpoint_written(), (tmp_path / "worker0.log").read_text()[-3000:]
     # A node failure takes both (the survivor ending alone in bounded time is
     # test_an_unreachable_peer_ends_the_worker_in_bounded_time); re-running both resumes.
     for worker in workers:
