@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from usss_tf.model.layers import PaddedConv2D
+from usss_tf.model.layers import PaddedConv2D, dilated_conv2d_space_to_batch
 
 
 def _forward_and_gradients(layer, x):
@@ -41,6 +41,38 @@ def test_at_stride_2_it_pads_both_sides_like_pytorch(size):
     np.testing.assert_allclose(y, manual + layer.bias, atol=1e-6)
     assert y.shape[1] == (size + 2 - 3) // 2 + 1
     assert layer.compute_output_shape((None, size, None, 2)) == (None, y.shape[1], None, 3)
+
+
+@pytest.mark.parametrize("size,dilation", [((16, 16), (2, 2)), ((15, 17), (2, 4)), ((9, 9), (3, 1))])
+def test_space_to_batch_path_equals_the_native_dilated_convolution(size, dilation):
+    x = tf.random.stateless_normal((2, *size, 4), seed=(5, 6))
+    kernel = tf.Variable(tf.random.stateless_normal((3, 3, 4, 5), seed=(7, 8)))
+    results = []
+    for conv in (lambda v: tf.nn.conv2d(v, kernel, 1, "VALID", dilations=dilation),
+                 lambda v: dilated_conv2d_space_to_batch(v, kernel, dilation)):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = conv(x)
+            loss = tf.reduce_sum(y * y)
+        results.append([y, *tape.gradient(loss, [x, kernel])])
+    for want, got in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(tf.reduce_max(tf.abs(want))))
+
+
+def test_float16_dilated_convolution_trains_on_this_machine():
+    # TensorFlow's CPU kernels refuse the float16 gradient of a dilated convolution
+    # unless oneDNN has float16 (AVX512-FP16); the layer then takes SpaceToBatch.
+    x = tf.random.stateless_normal((2, 12, 16, 4), seed=(1, 2))
+    reference = PaddedConv2D(5, 3, dilation_rate=2)
+    half = PaddedConv2D(5, 3, dilation_rate=2, dtype="mixed_float16")
+    reference.build(x.shape)
+    half.build(x.shape)
+    half.set_weights(reference.get_weights())
+    want = _forward_and_gradients(reference, x)
+    got = _forward_and_gradients(half, tf.cast(x, tf.float16))
+    assert got[0].dtype == tf.float16
+    for w, g in zip(want, got):
+        np.testing.assert_allclose(tf.cast(g, tf.float32), w, rtol=2e-2, atol=2e-2 * float(tf.reduce_max(tf.abs(w))))
 
 
 def test_config_round_trip():

@@ -78,6 +78,32 @@ def _pair(value):
     return (int(value), int(value)) if isinstance(value, int) else tuple(int(v) for v in value)
 
 
+def _needs_space_to_batch(dtype, dilation_rate):
+    """Whether a dilated convolution must avoid the native op: TensorFlow's CPU
+    kernels have no float16 gradient with dilations (oneDNN takes float16 only
+    on CPUs with AVX512-FP16; elsewhere Eigen's kernel refuses dilation > 1)."""
+    return (dtype == tf.float16 and any(d > 1 for d in dilation_rate)
+            and not tf.config.list_logical_devices("GPU"))
+
+
+def dilated_conv2d_space_to_batch(inputs, kernel, dilation_rate):
+    """A VALID, stride-1 dilated convolution as SpaceToBatch -> conv -> BatchToSpace.
+
+    The same values as ``tf.nn.conv2d(..., padding="VALID", dilations=...)``
+    through non-dilated kernels only: each of the d_h x d_w phase sub-images is
+    convolved alone. The input is padded up to a multiple of the dilation and
+    the output cropped back.
+    """
+    d = list(dilation_rate)
+    size = tf.shape(inputs)[1:3]
+    extra = tf.math.floormod(-size, d)
+    out = size - tf.constant(d) * (tf.constant([int(k) for k in kernel.shape[:2]]) - 1)
+    outputs = tf.nn.conv2d(tf.space_to_batch(inputs, d, tf.stack([tf.zeros_like(extra), extra], 1)),
+                           kernel, strides=1, padding="VALID")
+    outputs = tf.batch_to_space(outputs, d, tf.zeros([2, 2], tf.int32))
+    return outputs[:, :out[0], :out[1], :]
+
+
 @keras.saving.register_keras_serializable("usss_tf")
 class PaddedConv2D(keras.layers.Conv2D):
     """A 2-D convolution padded as PyTorch pads, run by TensorFlow's native dilated op.
@@ -89,7 +115,9 @@ class PaddedConv2D(keras.layers.Conv2D):
     2 on even sizes, which shifts every sampling position by one pixel: weights
     trained in PyTorch (e.g. the DRN ImageNet checkpoints) then compute
     something else. Dilations go to ``tf.nn.conv2d(dilations=...)`` instead of
-    Keras' SpaceToBatch -> conv -> BatchToSpace path, which is slower on CPU.
+    Keras' SpaceToBatch -> conv -> BatchToSpace path, which is slower on CPU,
+    except in float16 on a machine without GPU, where only that path has a
+    gradient kernel (``dilated_conv2d_space_to_batch``).
     """
 
     def __init__(self, filters, kernel_size, torch_padding=None, **kwargs):
@@ -102,6 +130,10 @@ class PaddedConv2D(keras.layers.Conv2D):
         self.torch_padding = _pair(torch_padding)
 
     def call(self, inputs):
+        if _needs_space_to_batch(inputs.dtype, self.dilation_rate):
+            pad_h, pad_w = self.torch_padding
+            inputs = tf.pad(inputs, [[0, 0], [pad_h, pad_h], [pad_w, pad_w], [0, 0]])
+            return self._finish(dilated_conv2d_space_to_batch(inputs, self.kernel, self.dilation_rate))
         if tuple(self.strides) == (1, 1) and self.torch_padding == self._same_size_padding():
             # At stride 1 with odd kernels "SAME" pads symmetrically: PyTorch's
             # padding, and the fastest oneDNN path (no separate pad op).
