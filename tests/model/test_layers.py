@@ -1,5 +1,9 @@
 """PaddedConv2D: PyTorch's symmetric padding, TensorFlow's native dilated convolution."""
 
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -140,3 +144,35 @@ def test_synchronized_batch_norm_keeps_the_keras_path():
     clone.build(x.shape)
     y = clone(x, training=True)
     np.testing.assert_allclose(tf.reduce_mean(y, [0, 1, 2]), np.zeros(5), atol=1e-5)
+
+
+_WITHOUT_ONEDNN = """
+import numpy as np, tensorflow as tf
+from usss_tf.model.layers import PaddedConv2D, has_native_dilated_gradient
+assert not has_native_dilated_gradient("float32")
+layer = PaddedConv2D(3, 3, dilation_rate=2)
+x = tf.random.stateless_normal((1, 9, 10, 2), seed=(1, 2))
+layer.build(x.shape)
+@tf.function
+def step():
+    with tf.GradientTape() as tape:
+        y = layer(x)
+        loss = tf.reduce_sum(y * y)
+    return y, tape.gradient(loss, layer.kernel)
+y, grad = step()
+x64, k64 = np.pad(x.numpy().astype(np.float64), [(0, 0), (2, 2), (2, 2), (0, 0)]), layer.kernel.numpy().astype(np.float64)
+want = sum(np.einsum("bhwc,cf->bhwf", x64[:, 2 * i:2 * i + 9, 2 * j:2 * j + 10], k64[i, j])
+           for i in range(3) for j in range(3)) + layer.bias.numpy()
+np.testing.assert_allclose(y.numpy(), want, rtol=1e-4, atol=1e-4)
+assert np.isfinite(grad.numpy()).all()
+print("ok")
+"""
+
+
+def test_dilated_convolution_trains_with_onednn_off():
+    # TF_ENABLE_ONEDNN_OPTS=0 (asked for exact reproducibility, or a CPU build
+    # without oneDNN): TensorFlow has no dilated gradient kernel on CPU at all.
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run([sys.executable, "-c", _WITHOUT_ONEDNN], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]

@@ -1,5 +1,7 @@
 """Small building blocks shared by the backbones."""
 
+import concurrent.futures
+
 import keras
 import tensorflow as tf
 
@@ -78,12 +80,43 @@ def _pair(value):
     return (int(value), int(value)) if isinstance(value, int) else tuple(int(v) for v in value)
 
 
+_NATIVE_DILATED_GRADIENT = {}
+
+
+def _probe_dilated_gradient(dtype):
+    def probe(x, kernel):  # Arguments, not constants: nothing is folded away.
+        with tf.GradientTape() as tape:
+            tape.watch([x, kernel])
+            y = tf.nn.conv2d(x, kernel, strides=1, padding="VALID", dilations=2)
+        return tape.gradient(y, [x, kernel])
+
+    try:
+        tf.function(probe, autograph=False)(tf.ones([1, 5, 5, 1], dtype), tf.ones([3, 3, 1, 1], dtype))
+        return True
+    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError, tf.errors.NotFoundError):
+        return False
+
+
+def has_native_dilated_gradient(dtype):
+    """Whether this machine runs the gradient of a dilated ``tf.nn.conv2d`` in ``dtype``.
+
+    On CPU only oneDNN has those kernels, and only for the types the CPU
+    supports (float16 needs AVX512-FP16); with oneDNN off
+    (``TF_ENABLE_ONEDNN_OPTS=0``) or on such a CPU, TensorFlow's fallback
+    refuses dilations > 1 at run time. So it is probed once per dtype with a
+    tiny traced step, in a thread of its own: eager, with no graph being
+    built and no gradient tape of the caller's (``tf.init_scope`` would
+    pause the probe's own tape).
+    """
+    name = tf.as_dtype(dtype).name
+    if name not in _NATIVE_DILATED_GRADIENT:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            _NATIVE_DILATED_GRADIENT[name] = pool.submit(_probe_dilated_gradient, name).result()
+    return _NATIVE_DILATED_GRADIENT[name]
+
+
 def _needs_space_to_batch(dtype, dilation_rate):
-    """Whether a dilated convolution must avoid the native op: TensorFlow's CPU
-    kernels have no float16 gradient with dilations (oneDNN takes float16 only
-    on CPUs with AVX512-FP16; elsewhere Eigen's kernel refuses dilation > 1)."""
-    return (dtype == tf.float16 and any(d > 1 for d in dilation_rate)
-            and not tf.config.list_logical_devices("GPU"))
+    return any(d > 1 for d in dilation_rate) and not has_native_dilated_gradient(dtype)
 
 
 def dilated_conv2d_space_to_batch(inputs, kernel, dilation_rate):
@@ -116,8 +149,9 @@ class PaddedConv2D(keras.layers.Conv2D):
     trained in PyTorch (e.g. the DRN ImageNet checkpoints) then compute
     something else. Dilations go to ``tf.nn.conv2d(dilations=...)`` instead of
     Keras' SpaceToBatch -> conv -> BatchToSpace path, which is slower on CPU,
-    except in float16 on a machine without GPU, where only that path has a
-    gradient kernel (``dilated_conv2d_space_to_batch``).
+    except where the native op has no gradient kernel for the dtype
+    (``has_native_dilated_gradient``): then through that path
+    (``dilated_conv2d_space_to_batch``), the same values.
     """
 
     def __init__(self, filters, kernel_size, torch_padding=None, **kwargs):
