@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from usss_tf.model.layers import PaddedConv2D, dilated_conv2d_space_to_batch
+from usss_tf.model import layers
+from usss_tf.model.layers import PaddedConv2D
 
 
 def _forward_and_gradients(layer, x):
@@ -47,20 +48,23 @@ def test_at_stride_2_it_pads_both_sides_like_pytorch(size):
     assert layer.compute_output_shape((None, size, None, 2)) == (None, y.shape[1], None, 3)
 
 
-@pytest.mark.parametrize("size,dilation", [((16, 16), (2, 2)), ((15, 17), (2, 4)), ((9, 9), (3, 1))])
-def test_space_to_batch_path_equals_the_native_dilated_convolution(size, dilation):
+@pytest.mark.parametrize("size,dilation,padding", [
+    ((16, 16), (2, 2), None), ((15, 17), (2, 4), None), ((9, 9), (3, 1), None), ((13, 11), (2, 2), 1),
+])
+def test_space_to_batch_path_equals_the_native_dilated_convolution(size, dilation, padding, monkeypatch):
     x = tf.random.stateless_normal((2, *size, 4), seed=(5, 6))
-    kernel = tf.Variable(tf.random.stateless_normal((3, 3, 4, 5), seed=(7, 8)))
-    results = []
-    for conv in (lambda v: tf.nn.conv2d(v, kernel, 1, "VALID", dilations=dilation),
-                 lambda v: dilated_conv2d_space_to_batch(v, kernel, dilation)):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = conv(x)
-            loss = tf.reduce_sum(y * y)
-        results.append([y, *tape.gradient(loss, [x, kernel])])
-    for want, got in zip(*results):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(tf.reduce_max(tf.abs(want))))
+    native = PaddedConv2D(5, 3, dilation_rate=dilation, torch_padding=padding)
+    fallback = PaddedConv2D(5, 3, dilation_rate=dilation, torch_padding=padding)
+    native.build(x.shape)
+    fallback.build(x.shape)
+    fallback.set_weights(native.get_weights())
+    assert layers.has_native_dilated_gradient("float32")  # float32 on CPU and GPU alike
+    want = _forward_and_gradients(native, x)
+    # As on a machine without the native gradient kernel (oneDNN off).
+    monkeypatch.setitem(layers._NATIVE_DILATED_GRADIENT, "float32", False)
+    got = _forward_and_gradients(fallback, x)
+    for w, g in zip(want, got):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * float(tf.reduce_max(tf.abs(w))))
 
 
 def test_float16_dilated_convolution_trains_on_this_machine():

@@ -115,28 +115,6 @@ def has_native_dilated_gradient(dtype):
     return _NATIVE_DILATED_GRADIENT[name]
 
 
-def _needs_space_to_batch(dtype, dilation_rate):
-    return any(d > 1 for d in dilation_rate) and not has_native_dilated_gradient(dtype)
-
-
-def dilated_conv2d_space_to_batch(inputs, kernel, dilation_rate):
-    """A VALID, stride-1 dilated convolution as SpaceToBatch -> conv -> BatchToSpace.
-
-    The same values as ``tf.nn.conv2d(..., padding="VALID", dilations=...)``
-    through non-dilated kernels only: each of the d_h x d_w phase sub-images is
-    convolved alone. The input is padded up to a multiple of the dilation and
-    the output cropped back.
-    """
-    d = list(dilation_rate)
-    size = tf.shape(inputs)[1:3]
-    extra = tf.math.floormod(-size, d)
-    out = size - tf.constant(d) * (tf.constant([int(k) for k in kernel.shape[:2]]) - 1)
-    outputs = tf.nn.conv2d(tf.space_to_batch(inputs, d, tf.stack([tf.zeros_like(extra), extra], 1)),
-                           kernel, strides=1, padding="VALID")
-    outputs = tf.batch_to_space(outputs, d, tf.zeros([2, 2], tf.int32))
-    return outputs[:, :out[0], :out[1], :]
-
-
 @keras.saving.register_keras_serializable("usss_tf")
 class PaddedConv2D(keras.layers.Conv2D):
     """A 2-D convolution padded as PyTorch pads, run by TensorFlow's native dilated op.
@@ -150,8 +128,7 @@ class PaddedConv2D(keras.layers.Conv2D):
     something else. Dilations go to ``tf.nn.conv2d(dilations=...)`` instead of
     Keras' SpaceToBatch -> conv -> BatchToSpace path, which is slower on CPU,
     except where the native op has no gradient kernel for the dtype
-    (``has_native_dilated_gradient``): then through that path
-    (``dilated_conv2d_space_to_batch``), the same values.
+    (``has_native_dilated_gradient``): then through that path, the same values.
     """
 
     def __init__(self, filters, kernel_size, torch_padding=None, **kwargs):
@@ -164,11 +141,9 @@ class PaddedConv2D(keras.layers.Conv2D):
         self.torch_padding = _pair(torch_padding)
 
     def call(self, inputs):
-        if _needs_space_to_batch(inputs.dtype, self.dilation_rate):
-            pad_h, pad_w = self.torch_padding
-            inputs = tf.pad(inputs, [[0, 0], [pad_h, pad_h], [pad_w, pad_w], [0, 0]])
-            return self._finish(dilated_conv2d_space_to_batch(inputs, self.kernel, self.dilation_rate))
-        if tuple(self.strides) == (1, 1) and self.torch_padding == self._same_size_padding():
+        native = (all(d == 1 for d in self.dilation_rate)
+                  or has_native_dilated_gradient(inputs.dtype))
+        if native and tuple(self.strides) == (1, 1) and self.torch_padding == self._same_size_padding():
             # At stride 1 with odd kernels "SAME" pads symmetrically: PyTorch's
             # padding, and the fastest oneDNN path (no separate pad op).
             outputs = tf.nn.conv2d(inputs, self.kernel, strides=1, padding="SAME",
@@ -179,10 +154,11 @@ class PaddedConv2D(keras.layers.Conv2D):
             # A separate pad: TensorFlow's CPU gradient kernels for dilated
             # convolutions (oneDNN) take VALID padding, not explicit padding.
             inputs = tf.pad(inputs, [[0, 0], [pad_h, pad_h], [pad_w, pad_w], [0, 0]])
-        outputs = tf.nn.conv2d(
-            inputs, self.kernel, strides=self.strides, padding="VALID",
-            dilations=self.dilation_rate,
-        )
+        # Without a native dilated gradient, tf.nn.convolution runs a dilation
+        # as SpaceToBatch -> conv -> BatchToSpace (Keras' path): the same values.
+        conv = tf.nn.conv2d if native else tf.nn.convolution
+        outputs = conv(inputs, self.kernel, strides=self.strides, padding="VALID",
+                       dilations=self.dilation_rate)
         return self._finish(outputs)
 
     def _same_size_padding(self):
