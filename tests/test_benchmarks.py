@@ -95,3 +95,20 @@ def test_serve_load_benchmark_smoke(tmp_path):
     assert report["unexpected_codes"] == 0, kinds
     assert kinds["bomb"]["codes"] == {"INVALID_ARGUMENT": kinds["bomb"]["requests"]}
     assert report["server_rss_mb"]["before"] > 0
+
+
+@pytest.mark.slow
+def test_conv_kernels_benchmark_smoke(tmp_path):
+    out = tmp_path / "conv.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "conv_kernels.py"), "--batch", "1", "--size", "32x64",
+         "--width", "0.125", "--repeats", "2", "--out", str(out)],
+        check=True, capture_output=True, timeout=600,
+    )
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "conv_kernels" and len(report["results"]) == 6
+    dilated = report["results"][3]
+    assert dilated["channels"] == 64 and dilated["spatial"] == [4, 8] and dilated["dilation"] == 4
+    for result in report["results"]:
+        for kernel in ("forward", "input_gradient", "filter_gradient"):
+            assert result[f"{kernel}_ms"] > 0 and result[f"{kernel}_gflops"] > 0
