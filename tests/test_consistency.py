@@ -141,7 +141,9 @@ def test_univ_paper_is_univ_full_without_consistency():
     full = method.loss_weights(loss, method.plan("univ_full")[-1])
     paper = method.loss_weights(loss, method.plan("univ_paper")[-1])
     assert full["consistency_feature"] > 0
-    assert paper == {**full, "consistency_strong": 0.0, "consistency_feature": 0.0}
+    assert full["consistency_paste"] > 0
+    assert paper == {**full, **dict.fromkeys(method.CONSISTENCY_TERMS, 0.0)}
+    assert set(method.CONSISTENCY_TERMS) == {"consistency_strong", "consistency_feature", "consistency_paste"}
     assert [s.name for s in method.plan("univ_paper")] == [s.name for s in method.plan("univ_full")]
 
 

@@ -30,6 +30,7 @@ def test_stages_pick_their_steps_domains_and_losses():
     assert method.loss_weights(loss, pretrain) == {"supervised": 1.0}
     assert method.loss_weights(loss, universal) == dataclasses.asdict(loss)
     assert universal.consistency and method.loss_weights(loss, universal)["consistency_feature"] == 0.5
+    assert method.loss_weights(loss, universal)["consistency_paste"] == 0.5
     source, target = method.plan("finetune")
     assert source.select(["a", "b", "c"]) == ["a"] and target.select(["a", "b", "c"]) == ["b", "c"]
     assert method.loss_weights(loss, target) == {"supervised": 1.0}
@@ -51,7 +52,7 @@ def test_objective_weights():
         Objective({"entropy": 1})
     assert Objective().weights == {"supervised": 1.0, "within_entropy": 0.0, "cross_entropy": 0.0,
                                    "embedding_supervision": 0.0, "consistency_strong": 0.0,
-                                   "consistency_feature": 0.0}
+                                   "consistency_feature": 0.0, "consistency_paste": 0.0}
     single = Objective({"cross_entropy": 1.0}, num_domains=1)
     assert single.weights["cross_entropy"] == 0.0 and not single.uses_unlabeled
     full = Objective({"within_entropy": 0.1}, num_domains=2)

@@ -153,6 +153,7 @@ class Experiment:
         self.trainer.restore_weights(previous)
         objective = method.Objective(method.loss_weights(cfg.loss, stage),
                                      num_domains=len(self.model.domains), consistency=cfg.consistency)
+        method.check_replicated(objective, self.strategy.num_replicas_in_sync)
         with_unlabeled = objective.uses_unlabeled
         consistency = cfg.consistency if objective.uses_consistency else None
         images_per_step = len(inputs) * (
@@ -161,7 +162,8 @@ class Experiment:
         def batches(first_step, num_steps):
             return pipeline.train_dataset(inputs, cfg.data, cfg.seed, first_step, num_steps,
                                           with_unlabeled=with_unlabeled, consistency=consistency,
-                                          strong_view=objective.weights["consistency_strong"] > 0)
+                                          strong_view=objective.weights["consistency_strong"] > 0,
+                                          copy_paste=objective.weights["consistency_paste"] > 0)
 
         try:
             latest = self.trainer.train(

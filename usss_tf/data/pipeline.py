@@ -8,6 +8,7 @@ and a resumed run continues exactly where its checkpoint left off without
 replaying the pipeline.
 """
 
+import functools
 import json
 import pathlib
 import zlib
@@ -15,6 +16,7 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
+from usss_tf.data import copy_paste as copy_paste_lib
 from usss_tf.data import strong_views
 from usss_tf.domains import IGNORE_LABEL
 from usss_tf.errors import ConfigError, DatasetError
@@ -207,7 +209,7 @@ def _stream(images, labels, batch_size, start_step, num_steps, seed, crop, scale
 
 
 def train_dataset(domain_inputs, data_config, seed, start_step, num_steps, with_unlabeled=True,
-                  consistency=None, strong_view=True):
+                  consistency=None, strong_view=True, copy_paste=False):
     """One element per step: ``{domain: {"images", "labels"[, "unlabeled", ...]}}``.
 
     Args:
@@ -219,6 +221,10 @@ def train_dataset(domain_inputs, data_config, seed, start_step, num_steps, with_
       consistency: a ``ConsistencyConfig`` to add what the consistency terms
         need to the unlabelled stream (``_stream``); None: weak views only.
       strong_view: with ``consistency``, the strong views and CutMix boxes too.
+      copy_paste: with the unlabelled stream, its crops with the labelled
+        crops' small-class pixels pasted in (``usss_tf.data.copy_paste``), built on
+        the global batch: ``"unlabeled_pasted"`` and ``"pasted_labels"``
+        (``IGNORE_LABEL`` where nothing is pasted).
     """
     per_domain = {}
     crop = tuple(data_config.crop)
@@ -240,12 +246,21 @@ def train_dataset(domain_inputs, data_config, seed, start_step, num_steps, with_
             if consistency is None:
                 unlabeled = unlabeled.map(lambda u: {"unlabeled": u})
             labeled = tf.data.Dataset.zip(labeled, unlabeled).map(lambda l, u: {**l, **u})
+            if copy_paste:
+                labeled = labeled.map(functools.partial(_add_pasted, num_classes=inputs.domain.num_classes))
         per_domain[inputs.domain.name] = labeled
     ds = tf.data.Dataset.zip(per_domain)
     options = tf.data.Options()
     options.deterministic = True
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.with_options(options).prefetch(AUTOTUNE)
+
+
+def _add_pasted(batch, num_classes):
+    """``batch`` with its copy-paste view (``usss_tf.data.copy_paste``)."""
+    pasted, _, labels = copy_paste_lib.paste_small_classes(
+        batch["images"], batch["labels"], batch["unlabeled"], num_classes)
+    return {**batch, "unlabeled_pasted": pasted, "pasted_labels": labels}
 
 
 # -- evaluation ---------------------------------------------------------------------
