@@ -29,6 +29,11 @@ from train_step import machine, write_report  # noqa: E402
 DRN_D_22 = ((64, 4, 1), (128, 8, 1), (256, 8, 2), (512, 8, 4), (512, 8, 2), (512, 8, 1))
 
 
+def _significant(value, digits=4):
+    """``value`` to ``digits`` significant digits (tiny smoke-test shapes stay above 0)."""
+    return float(f"{value:.{digits}g}")
+
+
 def _median_ms(function, repeats):
     function()  # trace
     times = []
@@ -58,7 +63,7 @@ def measure(batch, height, width, channels, stride, dilation, repeats, width_mul
             padding="VALID", dilations=dilations)),
     }
     gflop = 2 * batch * h * w * 9 * c * c / 1e9
-    result = {"channels": c, "spatial": [h, w], "dilation": dilation, "gflop": round(gflop, 3)}
+    result = {"channels": c, "spatial": [h, w], "dilation": dilation, "gflop": _significant(gflop)}
     for name, function in kernels.items():
         try:
             ms = _median_ms(function, repeats)
@@ -67,8 +72,8 @@ def measure(batch, height, width, channels, stride, dilation, repeats, width_mul
             result[f"{name}_ms"] = result[f"{name}_gflops"] = None
             result[f"{name}_error"] = error.message.splitlines()[0]
             continue
-        result[f"{name}_ms"] = round(ms, 3)
-        result[f"{name}_gflops"] = round(gflop / (ms / 1000), 1)
+        result[f"{name}_ms"] = _significant(ms)
+        result[f"{name}_gflops"] = _significant(gflop / (ms / 1000))
     return result
 
 

@@ -10,16 +10,19 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
+def _run_benchmark(tmp_path, script, *args):
+    """Runs ``benchmarks/<script>`` with ``args`` and ``--out``; returns its JSON report."""
+    out = tmp_path / f"{script}.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args, "--out", str(out)],
+                   check=True, capture_output=True, timeout=600)
+    return json.loads(out.read_text())
+
+
 @pytest.mark.slow
 def test_train_step_benchmark_smoke(tmp_path):
-    out = tmp_path / "bench.json"
-    subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "train_step.py"), "--backbone", "erfnet",
-         "--batch", "1", "--size", "32x64", "--width", "0.125", "--steps", "2", "--out", str(out),
-         "--profile", str(tmp_path / "profile")],
-        check=True, capture_output=True, timeout=600,
-    )
-    report = json.loads(out.read_text())
+    report = _run_benchmark(tmp_path, "train_step.py", "--backbone", "erfnet", "--batch", "1",
+                            "--size", "32x64", "--width", "0.125", "--steps", "2",
+                            "--profile", str(tmp_path / "profile"))
     (result,) = report["results"]
     assert result["backbone"] == "erfnet" and result["images_per_step"] == 4
     assert result["step_seconds_median"] > 0
@@ -33,14 +36,9 @@ def test_train_step_benchmark_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_input_pipeline_benchmark_smoke(tmp_path):
-    out = tmp_path / "pipeline.json"
-    subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "input_pipeline.py"), "--image-size", "32x64",
-         "--images", "4", "--crop", "32x64", "--batch", "1", "--steps", "2", "--width", "0.125",
-         "--train-steps", "2", "--out", str(out)],
-        check=True, capture_output=True, timeout=600,
-    )
-    report = json.loads(out.read_text())
+    report = _run_benchmark(tmp_path, "input_pipeline.py", "--image-size", "32x64", "--images", "4",
+                            "--crop", "32x64", "--batch", "1", "--steps", "2", "--width", "0.125",
+                            "--train-steps", "2")
     assert report["pipeline"]["images_per_step"] == 4  # 2 domains x (1 labelled + 1 unlabelled)
     assert report["pipeline"]["images_per_second"] > 0
     assert report["train_step"]["source"] == "measured" and report["train_step"]["images_per_second"] > 0
@@ -50,12 +48,7 @@ def test_input_pipeline_benchmark_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_inference_benchmark_smoke(tmp_path):
-    out = tmp_path / "inference.json"
-    subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "inference.py"), "--smoke", "--out", str(out)],
-        check=True, capture_output=True, timeout=600,
-    )
-    report = json.loads(out.read_text())
+    report = _run_benchmark(tmp_path, "inference.py", "--smoke")
     assert report["model"]["signature"] == "segment_synth_city_tensor"
     measured = {(r["runtime"], tuple(r["size"]), r["batch"]) for r in report["results"]}
     assert measured == {(runtime, (32, 64), batch)
@@ -65,12 +58,7 @@ def test_inference_benchmark_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_serve_benchmark_smoke(tmp_path):
-    out = tmp_path / "serve.json"
-    subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "serve.py"), "--smoke", "--out", str(out)],
-        check=True, capture_output=True, timeout=600,
-    )
-    report = json.loads(out.read_text())
+    report = _run_benchmark(tmp_path, "serve.py", "--smoke")
     assert report["size"] == [32, 64] and "untrained" in report["model"]["source"]
     measured = {(r["path"], r["batch"], r["clients"]) for r in report["results"]}
     assert measured == {(path, batch, clients) for path in ("in_process", "grpc")
@@ -80,13 +68,8 @@ def test_serve_benchmark_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_serve_load_benchmark_smoke(tmp_path):
-    out = tmp_path / "serve_load.json"
-    subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "serve_load.py"), "--clients", "2", "--requests", "6",
-         "--width", "0.125", "--size", "32x64", "--out", str(out)],
-        check=True, capture_output=True, timeout=600,
-    )
-    report = json.loads(out.read_text())
+    report = _run_benchmark(tmp_path, "serve_load.py", "--clients", "2", "--requests", "6",
+                            "--width", "0.125", "--size", "32x64")
     kinds = report["kinds"]
     assert sorted(kinds) == ["bomb", "good", "not_an_image", "pinned_version", "unknown_signature",
                              "wrong_dtype"]
@@ -99,13 +82,8 @@ def test_serve_load_benchmark_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_conv_kernels_benchmark_smoke(tmp_path):
-    out = tmp_path / "conv.json"
-    subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "conv_kernels.py"), "--batch", "1", "--size", "32x64",
-         "--width", "0.125", "--repeats", "2", "--out", str(out)],
-        check=True, capture_output=True, timeout=600,
-    )
-    report = json.loads(out.read_text())
+    report = _run_benchmark(tmp_path, "conv_kernels.py", "--batch", "1", "--size", "32x64",
+                            "--width", "0.125", "--repeats", "2")
     assert report["benchmark"] == "conv_kernels" and len(report["results"]) == 6
     dilated = report["results"][3]
     assert dilated["channels"] == 64 and dilated["spatial"] == [4, 8] and dilated["dilation"] == 4
