@@ -317,7 +317,8 @@ def check_replicated(objective, num_replicas):
     by 3% of an update when the strong stream is on too, and to stop with a
     collective-op shape mismatch when distribution alignment and class-adaptive
     thresholds are both off (tests/test_distribution.py checks the default
-    terms; the cause is not found yet).
+    terms; the cause is not found yet). The experiment checks every stage's
+    objective before the first stage trains.
     """
     w, c = objective.weights, objective.consistency
     if num_replicas < 2 or w["consistency_paste"] <= 0:

@@ -121,6 +121,9 @@ class Experiment:
             f"{', '.join(f'{i.domain.name} ({len(i.labeled)} labelled, {len(i.unlabeled)} unlabelled)' for i in self.inputs)}, "
             f"{self.strategy.num_replicas_in_sync} replica(s), {self.model.count_params():,} parameters"
         )
+        for stage in method.plan(cfg.method):  # Before any stage trains.
+            if not stage.fits_centroids:
+                method.check_replicated(self._objective(stage), self.strategy.num_replicas_in_sync)
         previous, offset = None, 0
         for stage in method.plan(cfg.method):
             if stage.fits_centroids:
@@ -139,6 +142,11 @@ class Experiment:
         self.run_dir.write_json(run_dir_lib.METRICS, results)
         return results
 
+    def _objective(self, stage):
+        """The ``method.Objective`` of training stage ``stage``."""
+        return method.Objective(method.loss_weights(self.config.loss, stage),
+                                num_domains=len(self.model.domains), consistency=self.config.consistency)
+
     def _train_stage(self, stage, steps, offset, previous):
         """Trains ``stage`` for ``steps`` steps (resuming); returns its latest checkpoint."""
         if stage.name in self.run_dir.stages_done():
@@ -151,9 +159,7 @@ class Experiment:
         inputs = stage.select(self.inputs)
         # Restore before compiling: the previous stage's optimizer state must not leak.
         self.trainer.restore_weights(previous)
-        objective = method.Objective(method.loss_weights(cfg.loss, stage),
-                                     num_domains=len(self.model.domains), consistency=cfg.consistency)
-        method.check_replicated(objective, self.strategy.num_replicas_in_sync)
+        objective = self._objective(stage)
         with_unlabeled = objective.uses_unlabeled
         consistency = cfg.consistency if objective.uses_consistency else None
         images_per_step = len(inputs) * (
