@@ -115,6 +115,13 @@ def class_adaptive_thresholds(pseudo_labels, confidence, valid, num_classes, thr
     return threshold * beta / (2.0 - beta)
 
 
+def labelled_class_counts(labels, num_classes, ignore_label=IGNORE_LABEL):
+    """float32 [C]: the pixels of each class in ``labels`` (``ignore_label`` pixels left out)."""
+    labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
+    labels = tf.boolean_mask(labels, tf.not_equal(labels, ignore_label))
+    return tf.math.bincount(labels, minlength=num_classes, maxlength=num_classes, dtype=tf.float32)
+
+
 def align_distribution(probabilities, valid, labels, ignore_label=IGNORE_LABEL, smoothing=1e-3):
     """Distribution alignment of pseudo-label probabilities (ReMixMatch; DARS for segmentation).
 
@@ -132,10 +139,7 @@ def align_distribution(probabilities, valid, labels, ignore_label=IGNORE_LABEL, 
       labels: int [B', H', W'] the domain's labelled batch (``ignore_label`` where unknown).
     """
     num_classes = tf.shape(probabilities)[-1]
-    labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
-    labels = tf.boolean_mask(labels, tf.not_equal(labels, ignore_label))
-    counts = tf.math.bincount(labels, minlength=num_classes, maxlength=num_classes, dtype=tf.float32)
-    target = _replica_sum(counts)
+    target = _replica_sum(labelled_class_counts(labels, num_classes, ignore_label))
     target = (target + smoothing) / (tf.reduce_sum(target) + smoothing * tf.cast(num_classes, tf.float32))
     weights = tf.cast(valid, tf.float32)[..., None]
     predicted = _replica_sum(tf.reduce_sum(probabilities * weights, axis=[0, 1, 2]))

@@ -19,14 +19,13 @@ function of the batch.
 
 import tensorflow as tf
 
+from usss_tf import losses
 from usss_tf.domains import IGNORE_LABEL
 
 
 def small_classes(labels, num_classes, ignore_label=IGNORE_LABEL):
     """bool [C]: the classes with less than 1 / C of the labelled pixels of ``labels``."""
-    labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
-    labels = tf.boolean_mask(labels, tf.not_equal(labels, ignore_label))
-    counts = tf.math.bincount(labels, minlength=num_classes, maxlength=num_classes, dtype=tf.float32)
+    counts = losses.labelled_class_counts(labels, num_classes, ignore_label)
     return counts / tf.maximum(tf.reduce_sum(counts), 1.0) < 1.0 / tf.cast(num_classes, tf.float32)
 
 
