@@ -39,6 +39,26 @@ def test_paste_small_classes_pastes_labelled_pixels_by_partner():
     assert mask.sum() == 2 + 1 + 2
 
 
+def test_paste_within_labelled_pastes_the_next_crops_small_classes_with_their_labels():
+    rng = np.random.default_rng(1)
+    labels = np.zeros((3, 4, 4), np.int32)  # class 0 is large everywhere
+    labels[0, 0, :2] = 1
+    labels[1, 3, 3] = 2
+    labels[2, 1, 1] = 255
+    labels[2, 2, 2] = 1
+    images = rng.uniform(0, 255, (3, 4, 4, 3)).astype(np.float32)
+    pasted, pasted_labels = (t.numpy() for t in copy_paste.paste_within_labelled(images, labels, 3))
+    for i, p in enumerate([1, 2, 0]):  # crop i gets crop i + 1
+        mask = np.isin(labels[p], [1, 2])
+        np.testing.assert_array_equal(pasted[i], np.where(mask[..., None], images[p], images[i]))
+        np.testing.assert_array_equal(pasted_labels[i], np.where(mask, labels[p], labels[i]))
+    assert pasted_labels[0, 3, 3] == 2 and pasted_labels[1, 2, 2] == 1 and pasted_labels[2, 0, 0] == 1
+    assert pasted_labels[2, 1, 1] == 255  # its own ignore pixel: crop 0 has class 0 there
+    single, single_labels = copy_paste.paste_within_labelled(images[:1], labels[:1], 3)
+    np.testing.assert_array_equal(single.numpy(), images[:1])
+    np.testing.assert_array_equal(single_labels.numpy(), labels[:1])
+
+
 def test_copy_paste_term_equals_a_hand_computation():
     """Targets: the true labels where pasted (counted whatever the threshold), the weak view's
     confident pseudo-labels elsewhere; logits of the pasted crops."""
@@ -93,6 +113,30 @@ def test_the_pipeline_builds_the_view_on_the_global_batch(tmp_path, tiny_run_set
         np.testing.assert_array_equal(b["unlabeled_pasted"].numpy(), view.numpy())
         np.testing.assert_array_equal(b["pasted_labels"].numpy(), labels.numpy())
         assert mask.numpy().any()
+
+
+def test_the_labelled_copy_paste_augmentation_changes_the_labelled_crops_only(tmp_path, tiny_run_settings):
+    from usss_tf.data import pipeline, sources, synthetic
+    roots = synthetic.write_synthetic_domains(tmp_path, ("synth_city",), num_train=6, num_val=1,
+                                              size=(32, 64), seed=0)
+    settings = {**tiny_run_settings, "domains": [{"name": "synth_city", "root": str(roots["synth_city"]),
+                                                  "labeled": 3, "scale": 0.5}]}
+    cfg = config_lib.config_from_dict(settings)
+    augmented = config_lib.config_from_dict({**settings, "data": {**settings.get("data", {}),
+                                                                    "augment": {"copy_paste": True}}})
+    assert not cfg.data.augment.copy_paste and augmented.data.augment.copy_paste
+    inputs = sources.prepare_domains(cfg, echo=lambda *_: None)
+    plain = pipeline.train_dataset(inputs, cfg.data, 0, 0, 2)
+    pasted = pipeline.train_dataset(inputs, augmented.data, 0, 0, 2)
+    changed = 0
+    for a, b in zip(plain, pasted):
+        a, b = a["synth_city"], b["synth_city"]
+        np.testing.assert_array_equal(a["unlabeled"].numpy(), b["unlabeled"].numpy())
+        images, labels = copy_paste.paste_within_labelled(a["images"], a["labels"], 10)
+        np.testing.assert_array_equal(b["images"].numpy(), images.numpy())
+        np.testing.assert_array_equal(b["labels"].numpy(), labels.numpy())
+        changed += int((b["labels"].numpy() != a["labels"].numpy()).sum())
+    assert changed > 0
 
 
 def test_settings_not_known_to_replicate_are_refused_on_several_replicas():

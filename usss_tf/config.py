@@ -129,6 +129,10 @@ class AugmentConfig:
     max_scale: float = 1.25
     flip: bool = True
     photometric: bool = True
+    # Labelled crops get the next labelled crop's small-class pixels
+    # (usss_tf.data.copy_paste.paste_within_labelled): an augmentation for
+    # any method; off by default (docs/RESULTS.md measures it).
+    copy_paste: bool = False
 
     def validate(self, key="data.augment"):
         if not 0 < self.min_scale <= self.max_scale:

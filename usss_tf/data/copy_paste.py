@@ -15,6 +15,11 @@ replicas and workers (``pipeline.train_dataset(copy_paste=True)``), so the
 rule and the pairs do not depend on the number of replicas, and no
 collective runs in the step for it. Nothing is random: the view is a
 function of the batch.
+
+``paste_within_labelled`` is the same rule between labelled crops only
+(``data.augment.copy_paste``): a plain augmentation that any method can use,
+the control that says how much of copy-paste's gain is augmentation rather
+than the unlabelled images.
 """
 
 import tensorflow as tf
@@ -50,3 +55,26 @@ def paste_small_classes(images, labels, unlabeled, num_classes, ignore_label=IGN
     source = tf.cast(tf.gather(images, partner), unlabeled.dtype)
     pasted = tf.where(mask[..., None], source, unlabeled)
     return pasted, mask, tf.where(mask, source_labels, ignore_label)
+
+
+def paste_within_labelled(images, labels, num_classes, ignore_label=IGNORE_LABEL):
+    """Labelled crops with the next crop's small-class pixels pasted in, labels with them.
+
+    Crop i gets crop ``(i + 1) mod B``'s pixels of the small classes (the rule of
+    ``small_classes`` over the whole batch) and their labels; with B = 1 nothing
+    changes.
+
+    Args:
+      images: float [B, H, W, 3] labelled crops.
+      labels: int [B, H, W] their labels (``ignore_label`` where unknown).
+    Returns:
+      (images [B, H, W, 3], labels [B, H, W]).
+    """
+    labels = tf.cast(labels, tf.int32)
+    partner = (tf.range(tf.shape(labels)[0]) + 1) % tf.shape(labels)[0]
+    source_labels = tf.gather(labels, partner)
+    known = source_labels != ignore_label
+    small = small_classes(labels, num_classes, ignore_label)
+    mask = tf.gather(small, tf.where(known, source_labels, 0)) & known
+    pasted = tf.where(mask[..., None], tf.gather(images, partner), images)
+    return pasted, tf.where(mask, source_labels, labels)

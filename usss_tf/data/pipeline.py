@@ -237,6 +237,8 @@ def train_dataset(domain_inputs, data_config, seed, start_step, num_steps, with_
             inputs.scale, data_config.augment, table,
         )
         labeled = labeled.map(lambda x, y: {"images": x, "labels": y})
+        if data_config.augment.copy_paste:
+            labeled = labeled.map(functools.partial(_paste_labelled, num_classes=inputs.domain.num_classes))
         if with_unlabeled and inputs.unlabeled and data_config.unlabeled_batch_size:
             unlabeled = _stream(
                 [e.image for e in inputs.unlabeled], None, data_config.unlabeled_batch_size,
@@ -254,6 +256,12 @@ def train_dataset(domain_inputs, data_config, seed, start_step, num_steps, with_
     options.deterministic = True
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.with_options(options).prefetch(AUTOTUNE)
+
+
+def _paste_labelled(batch, num_classes):
+    """``batch`` with copy-paste between its labelled crops (``data.augment.copy_paste``)."""
+    images, labels = copy_paste_lib.paste_within_labelled(batch["images"], batch["labels"], num_classes)
+    return {**batch, "images": images, "labels": tf.cast(labels, batch["labels"].dtype)}
 
 
 def _add_pasted(batch, num_classes):
