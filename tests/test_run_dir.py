@@ -49,3 +49,33 @@ def test_stage_state_and_the_one_answer_to_has_centroids(tmp_path):
     assert run.checkpoints("universal") == tmp_path / "run" / "checkpoints" / "universal"
     assert run.supervised("synth_city").path == tmp_path / "run" / "supervised" / "synth_city"
     assert run.latest_checkpoint("universal") is None
+
+
+def _config(settings, tmp_path):
+    from usss_tf import config as config_lib
+    return config_lib.config_from_dict({**settings, "domains": [
+        {"name": "synth_city", "root": str(tmp_path / "data"), "labeled": 2}]})
+
+
+def test_a_run_directory_is_resumed_only_with_the_config_it_was_written_with(tmp_path, tiny_run_settings):
+    import yaml
+    from usss_tf.errors import ConfigError
+
+    config = _config(tiny_run_settings, tmp_path)
+    run = RunDir(tmp_path / "run").create()
+    run.save_config(config)
+    run.save_config(config)  # the same config resumes
+    changed = _config({**tiny_run_settings, "seed": 7}, tmp_path)
+    with pytest.raises(ConfigError, match="different config .changed: seed"):
+        run.save_config(changed)
+    logging_only = _config({**tiny_run_settings, "train": {**tiny_run_settings["train"], "log_every": 3}},
+                           tmp_path)
+    run.save_config(logging_only)
+
+    # config.yaml written before a key existed: its value in that run is unknown.
+    written = yaml.safe_load(run.config_path.read_text())
+    del written["loss"]["consistency_paste"]
+    del written["train"]["verbose"]  # logging keys may be missing
+    run.config_path.write_text(yaml.safe_dump(written, sort_keys=False))
+    with pytest.raises(ConfigError, match=r"config.yaml: .*older usss-tf, without the keys loss.consistency_paste;"):
+        run.save_config(config)

@@ -25,6 +25,8 @@ import shutil
 import time
 import uuid
 
+import yaml
+
 from usss_tf import config as config_lib
 from usss_tf.errors import ConfigError
 
@@ -123,12 +125,22 @@ class RunDir:
 
         A run directory started with a different config (other than keys that
         only change logging) is refused: resuming must not silently change the
-        experiment. Returns ``self``.
+        experiment. So is one whose ``config.yaml`` lacks keys this version
+        has (written before they existed): filling them with today's defaults
+        could change what the run does. Returns ``self``.
         """
         saved = self.config_path
         if saved.exists():
             before = config_lib.flatten(config_lib.load_config(saved).to_dict())
             after = config_lib.flatten(config.to_dict())
+            written = config_lib.flatten(yaml.safe_load(saved.read_text()) or {})
+            missing = sorted(set(after) - set(written) - config_lib.WATCH_ONLY_KEYS)
+            if missing:
+                raise ConfigError(
+                    f"{saved}: this run directory was written by an older usss-tf, without the "
+                    f"keys {', '.join(missing)}; what the run did for them is not recorded, so it "
+                    "is not resumed under today's defaults; use a new --run-dir"
+                )
             changed = sorted(
                 k for k in set(before) | set(after)
                 if before.get(k) != after.get(k) and k not in config_lib.WATCH_ONLY_KEYS
