@@ -106,6 +106,33 @@ def test_consistency_terms_equal_a_hand_computation(class_adaptive):
         assert float(terms[f"consistency_feature/{d}"]) == pytest.approx(expected, rel=1e-4)
 
 
+def test_alignment_to_the_labelled_set_uses_the_pipelines_class_frequency():
+    """With ``labelled_prior`` rows in the batch, the pseudo-labels align to them: rows equal to
+    the batch's own label frequency give the batch-aligned terms, other rows other terms."""
+    model = _model()
+    batch = _batch(np.random.default_rng(0))
+    config = config_lib.ConsistencyConfig(threshold=0.0, distribution_alignment=True,
+                                          class_adaptive_threshold=False)
+    objective = Objective({"supervised": 1.0, "consistency_strong": 1.0}, num_domains=2,
+                          consistency=config)
+    aligned_to_batch = objective.terms(model, batch, training=False)
+    own, skewed = {}, {}
+    for d, classes in DOMAINS.items():
+        counts = np.bincount(batch[d]["labels"].numpy().ravel(), minlength=classes)
+        rows = np.tile(counts / counts.sum(), (4, 1)).astype(np.float32)
+        own[d] = {**batch[d], "labelled_prior": tf.constant(rows)}
+        lopsided = np.full(classes, 0.01, np.float32)
+        lopsided[-1] = 1.0
+        skewed[d] = {**batch[d], "labelled_prior": tf.constant(np.tile(lopsided / lopsided.sum(), (4, 1)))}
+    aligned_to_rows = objective.terms(model, own, training=False)
+    aligned_to_skew = objective.terms(model, skewed, training=False)
+    for key in aligned_to_batch:
+        assert float(aligned_to_rows[key]) == pytest.approx(float(aligned_to_batch[key]), rel=1e-5)
+    for d in DOMAINS:
+        key = f"consistency_strong/{d}"
+        assert abs(float(aligned_to_skew[key]) - float(aligned_to_batch[key])) > 1e-3
+
+
 def _hand_loss(pseudo, confidence, valid, logits, threshold):
     log_p = logits - logits.max(-1, keepdims=True)
     log_p = log_p - np.log(np.exp(log_p).sum(-1, keepdims=True))

@@ -80,6 +80,18 @@ def test_distribution_alignment_boosts_the_classes_the_model_under_predicts():
     np.testing.assert_allclose(padded[0, 0, 0], [0.5, 0.5], rtol=1e-6)
 
 
+def test_distribution_alignment_to_the_labelled_sets_frequency_ignores_the_batchs_labels():
+    probabilities = np.array([[[[0.9, 0.1], [0.6, 0.4]]]], np.float32)
+    valid = np.array([[[1.0, 1.0]]], np.float32)
+    batch_labels = np.array([[[0, 0, 0, 0, 255]]], np.int32)  # this batch: class 0 only
+    prior = np.array([[0.25, 0.75], [0.25, 0.75]], np.float32)  # one row per labelled crop
+    aligned = losses.align_distribution(probabilities, valid, batch_labels, smoothing=0.0,
+                                        labelled_prior=prior).numpy()
+    expected = probabilities * (np.array([0.25, 0.75]) / np.array([0.75, 0.25]))
+    expected /= expected.sum(-1, keepdims=True)
+    np.testing.assert_allclose(aligned, expected, rtol=1e-6)
+
+
 def test_class_adaptive_thresholds_lower_the_rarely_confident_classes():
     # Six pixels, three classes: class 0 has 3 confident pixels, class 1 one, class 2 none
     # (its one pixel is below 0.9); the padded pixel (confident class 1) does not count.

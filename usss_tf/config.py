@@ -193,6 +193,9 @@ class LossConfig:
                 raise ConfigError(f"key '{key}.{name}': must be >= 0, got {value}")
 
 
+ALIGNMENT_TARGETS = ("batch", "labelled_set")
+
+
 @dataclasses.dataclass
 class ConsistencyConfig:
     """Weak-to-strong consistency (FixMatch / UniMatch) on each domain's unlabelled images.
@@ -213,6 +216,11 @@ class ConsistencyConfig:
     # Pseudo-label probabilities x (labelled class frequency / mean prediction),
     # renormalised (losses.align_distribution): counters the bias to frequent classes.
     distribution_alignment: bool = True
+    # The labelled class frequency it aligns to: "batch" (the step's labelled
+    # crops) or "labelled_set" (every labelled image of the domain, counted once
+    # when the pipeline is built; with two labelled images one crop's classes
+    # move the batch's frequency by tens of points).
+    alignment_target: str = "batch"
     # Per-class thresholds, lower for classes with few confident pixels
     # (losses.class_adaptive_thresholds, FlexMatch); false: one threshold for all.
     # On by default: better than one threshold in 10 of 12 seed-paired synthetic
@@ -227,6 +235,7 @@ class ConsistencyConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"key '{key}.{name}': must be in [0, 1], got {value}")
+        _check_choice(f"{key}.alignment_target", self.alignment_target, ALIGNMENT_TARGETS)
         if not 0.0 <= self.feature_dropout < 1.0:
             raise ConfigError(f"key '{key}.feature_dropout': must be in [0, 1), got {self.feature_dropout}")
 

@@ -122,7 +122,8 @@ def labelled_class_counts(labels, num_classes, ignore_label=IGNORE_LABEL):
     return tf.math.bincount(labels, minlength=num_classes, maxlength=num_classes, dtype=tf.float32)
 
 
-def align_distribution(probabilities, valid, labels, ignore_label=IGNORE_LABEL, smoothing=1e-3):
+def align_distribution(probabilities, valid, labels, ignore_label=IGNORE_LABEL, smoothing=1e-3,
+                       labelled_prior=None):
     """Distribution alignment of pseudo-label probabilities (ReMixMatch; DARS for segmentation).
 
     A model trained on a few labelled images over-predicts the frequent
@@ -137,9 +138,15 @@ def align_distribution(probabilities, valid, labels, ignore_label=IGNORE_LABEL, 
       probabilities: float [B, H, W, C] of the weak view.
       valid: float [B, H, W], 1 for image pixels of the weak view.
       labels: int [B', H', W'] the domain's labelled batch (``ignore_label`` where unknown).
+      labelled_prior: optional float [B', C], the class frequency of the domain's
+        whole labelled set, one row per labelled crop
+        (``consistency.alignment_target: labelled_set``); it replaces the batch's.
     """
     num_classes = tf.shape(probabilities)[-1]
-    target = _replica_sum(labelled_class_counts(labels, num_classes, ignore_label))
+    if labelled_prior is None:
+        target = _replica_sum(labelled_class_counts(labels, num_classes, ignore_label))
+    else:
+        target = _replica_sum(tf.reduce_sum(tf.cast(labelled_prior, tf.float32), axis=0))
     target = (target + smoothing) / (tf.reduce_sum(target) + smoothing * tf.cast(num_classes, tf.float32))
     weights = tf.cast(valid, tf.float32)[..., None]
     predicted = _replica_sum(tf.reduce_sum(probabilities * weights, axis=[0, 1, 2]))

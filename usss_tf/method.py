@@ -271,7 +271,8 @@ class Objective:
         probabilities = tf.stop_gradient(tf.nn.softmax(weak_logits))
         valid = batch["unlabeled_valid"]
         if c.distribution_alignment:
-            probabilities = losses.align_distribution(probabilities, valid, batch["labels"])
+            probabilities = losses.align_distribution(probabilities, valid, batch["labels"],
+                                                      labelled_prior=batch.get("labelled_prior"))
         pseudo_labels = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
         confidence = tf.reduce_max(probabilities, axis=-1)
         per_class = losses.class_adaptive_thresholds(

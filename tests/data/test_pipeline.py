@@ -108,3 +108,32 @@ def test_missing_root_names_the_key_and_folder(tmp_path):
     cfg = _config(tmp_path / "nowhere")
     with pytest.raises(DatasetError, match=r"domains.0.root.*nowhere"):
         sources.prepare_domains(cfg)
+
+
+def test_alignment_to_the_labelled_set_adds_its_class_frequency_to_every_step(camvid_tree):
+    from PIL import Image
+
+    cfg = _config(camvid_tree)
+    inputs = sources.prepare_domains(cfg)
+    plain = _take(pipeline.train_dataset(inputs, cfg.data, 0, 0, 2, consistency=cfg.consistency), 2)
+    assert "labelled_prior" not in plain[0]["camvid"]
+    consistency = config_lib.ConsistencyConfig(alignment_target="labelled_set")
+    steps = _take(pipeline.train_dataset(inputs, cfg.data, 0, 0, 2, consistency=consistency), 2)
+    for domain in inputs:
+        table = domain.domain.lookup_table()
+        counts = np.zeros(domain.domain.num_classes)
+        for example in domain.labeled:  # counted by hand from the files
+            ids = table[np.array(Image.open(example.label))]
+            counts += np.bincount(ids[ids != 255].ravel(), minlength=len(counts))
+        for step, before in zip(steps, plain):
+            rows = step[domain.domain.name]["labelled_prior"]
+            assert rows.shape == (cfg.data.batch_size, len(counts))
+            np.testing.assert_allclose(rows, np.tile(counts / counts.sum(), (len(rows), 1)), rtol=1e-6)
+            for key, value in before[domain.domain.name].items():  # nothing else changes
+                np.testing.assert_array_equal(step[domain.domain.name][key], value)
+
+
+def test_an_unknown_alignment_target_names_the_key():
+    with pytest.raises(ConfigError, match="key 'consistency.alignment_target'"):
+        config_lib.config_from_dict({"domains": [{"name": "camvid", "root": "x"}],
+                                     "consistency": {"alignment_target": "dataset"}})

@@ -16,6 +16,7 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
+from usss_tf import losses
 from usss_tf.data import copy_paste as copy_paste_lib
 from usss_tf.data import strong_views
 from usss_tf.domains import IGNORE_LABEL
@@ -239,6 +240,11 @@ def train_dataset(domain_inputs, data_config, seed, start_step, num_steps, with_
         labeled = labeled.map(lambda x, y: {"images": x, "labels": y})
         if data_config.augment.copy_paste:
             labeled = labeled.map(functools.partial(_paste_labelled, num_classes=inputs.domain.num_classes))
+        if consistency is not None and consistency.alignment_target == "labelled_set":
+            prior = labelled_class_frequency([e.label for e in inputs.labeled], table,
+                                             inputs.domain.num_classes)
+            rows = tf.tile(prior[None], [data_config.batch_size, 1])  # split with the batch
+            labeled = labeled.map(lambda batch, rows=rows: {**batch, "labelled_prior": rows})
         if with_unlabeled and inputs.unlabeled and data_config.unlabeled_batch_size:
             unlabeled = _stream(
                 [e.image for e in inputs.unlabeled], None, data_config.unlabeled_batch_size,
@@ -256,6 +262,15 @@ def train_dataset(domain_inputs, data_config, seed, start_step, num_steps, with_
     options.deterministic = True
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.with_options(options).prefetch(AUTOTUNE)
+
+
+def labelled_class_frequency(label_paths, lookup_table, num_classes):
+    """float32 [C]: each class's share of the known pixels of the label files, as stored."""
+    counts = tf.zeros([num_classes], tf.float32)
+    for path in label_paths:
+        labels = tf.cast(decode_label(path, lookup_table), tf.int32)
+        counts += losses.labelled_class_counts(labels, num_classes)
+    return counts / tf.maximum(tf.reduce_sum(counts), 1.0)
 
 
 def _paste_labelled(batch, num_classes):
