@@ -34,6 +34,12 @@ def small_classes(labels, num_classes, ignore_label=IGNORE_LABEL):
     return counts / tf.maximum(tf.reduce_sum(counts), 1.0) < 1.0 / tf.cast(num_classes, tf.float32)
 
 
+def _small_class_pixels(labels, small, ignore_label):
+    """bool [B, H, W]: the pixels of ``labels`` whose class is in ``small`` (bool [C])."""
+    known = labels != ignore_label
+    return tf.gather(small, tf.where(known, labels, 0)) & known
+
+
 def paste_small_classes(images, labels, unlabeled, num_classes, ignore_label=IGNORE_LABEL):
     """Unlabelled crops with the small classes' labelled pixels pasted in.
 
@@ -49,9 +55,7 @@ def paste_small_classes(images, labels, unlabeled, num_classes, ignore_label=IGN
     labels = tf.cast(labels, tf.int32)
     partner = tf.range(tf.shape(unlabeled)[0]) % tf.shape(labels)[0]
     source_labels = tf.gather(labels, partner)
-    known = source_labels != ignore_label
-    small = small_classes(labels, num_classes, ignore_label)
-    mask = tf.gather(small, tf.where(known, source_labels, 0)) & known
+    mask = _small_class_pixels(source_labels, small_classes(labels, num_classes, ignore_label), ignore_label)
     source = tf.cast(tf.gather(images, partner), unlabeled.dtype)
     pasted = tf.where(mask[..., None], source, unlabeled)
     return pasted, mask, tf.where(mask, source_labels, ignore_label)
@@ -73,8 +77,6 @@ def paste_within_labelled(images, labels, num_classes, ignore_label=IGNORE_LABEL
     labels = tf.cast(labels, tf.int32)
     partner = (tf.range(tf.shape(labels)[0]) + 1) % tf.shape(labels)[0]
     source_labels = tf.gather(labels, partner)
-    known = source_labels != ignore_label
-    small = small_classes(labels, num_classes, ignore_label)
-    mask = tf.gather(small, tf.where(known, source_labels, 0)) & known
+    mask = _small_class_pixels(source_labels, small_classes(labels, num_classes, ignore_label), ignore_label)
     pasted = tf.where(mask[..., None], tf.gather(images, partner), images)
     return pasted, tf.where(mask, source_labels, labels)
