@@ -192,7 +192,7 @@ def test_strong_views_come_from_the_pipeline_as_a_function_of_seed_and_step(tmp_
     weak_only = pipeline.train_dataset(inputs, cfg.data, 0, 0, 1, consistency=cfg.consistency,
                                        strong_view=False)
     assert set(next(iter(weak_only))["synth_city"]) == {
-        "images", "labels", "unlabeled", "unlabeled_valid", "unlabeled_seed"}
+        "images", "labels", "labelled_prior", "unlabeled", "unlabeled_valid", "unlabeled_seed"}
     for a, b in zip(first[1:], resumed):
         tf.nest.map_structure(np.testing.assert_array_equal, a, b)
     b = first[0]

@@ -121,10 +121,10 @@ def test_the_labelled_copy_paste_augmentation_changes_the_labelled_crops_only(tm
                                               size=(32, 64), seed=0)
     settings = {**tiny_run_settings, "domains": [{"name": "synth_city", "root": str(roots["synth_city"]),
                                                   "labeled": 3, "scale": 0.5}]}
-    cfg = config_lib.config_from_dict(settings)
-    augmented = config_lib.config_from_dict({**settings, "data": {**settings.get("data", {}),
-                                                                    "augment": {"copy_paste": True}}})
-    assert not cfg.data.augment.copy_paste and augmented.data.augment.copy_paste
+    cfg = config_lib.config_from_dict({**settings, "data": {**settings.get("data", {}),
+                                                              "augment": {"copy_paste": False}}})
+    augmented = config_lib.config_from_dict(settings)
+    assert augmented.data.augment.copy_paste  # the default
     inputs = sources.prepare_domains(cfg, echo=lambda *_: None)
     plain = pipeline.train_dataset(inputs, cfg.data, 0, 0, 2)
     pasted = pipeline.train_dataset(inputs, augmented.data, 0, 0, 2)

@@ -94,7 +94,7 @@ def test_labels_go_through_the_domain_table(tmp_path):
 
 def test_one_pass_covers_every_labelled_image_once(camvid_tree):
     cfg = _config(camvid_tree, augment={"min_scale": 1.0, "max_scale": 1.0, "flip": False,
-                                        "photometric": False}, crop=[32, 64], batch_size=3)
+                                        "photometric": False, "copy_paste": False}, crop=[32, 64], batch_size=3)
     inputs = sources.prepare_domains(cfg)
     (batch,) = _take(pipeline.train_dataset(inputs, cfg.data, 0, 0, 1, with_unlabeled=False), 1)
     ds = pipeline.eval_dataset(inputs[0].domain, inputs[0].labeled, 3)
@@ -115,9 +115,11 @@ def test_alignment_to_the_labelled_set_adds_its_class_frequency_to_every_step(ca
 
     cfg = _config(camvid_tree)
     inputs = sources.prepare_domains(cfg)
-    plain = _take(pipeline.train_dataset(inputs, cfg.data, 0, 0, 2, consistency=cfg.consistency), 2)
+    to_batch = config_lib.ConsistencyConfig(alignment_target="batch")
+    plain = _take(pipeline.train_dataset(inputs, cfg.data, 0, 0, 2, consistency=to_batch), 2)
     assert "labelled_prior" not in plain[0]["camvid"]
-    consistency = config_lib.ConsistencyConfig(alignment_target="labelled_set")
+    consistency = cfg.consistency
+    assert consistency.alignment_target == "labelled_set"  # the default
     steps = _take(pipeline.train_dataset(inputs, cfg.data, 0, 0, 2, consistency=consistency), 2)
     for domain in inputs:
         table = domain.domain.lookup_table()

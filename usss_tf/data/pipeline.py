@@ -240,7 +240,8 @@ def train_dataset(domain_inputs, data_config, seed, start_step, num_steps, with_
         labeled = labeled.map(lambda x, y: {"images": x, "labels": y})
         if data_config.augment.copy_paste:
             labeled = labeled.map(functools.partial(_paste_labelled, num_classes=inputs.domain.num_classes))
-        if consistency is not None and consistency.alignment_target == "labelled_set":
+        if (consistency is not None and consistency.distribution_alignment
+                and consistency.alignment_target == "labelled_set"):
             prior = labelled_class_frequency([e.label for e in inputs.labeled], table,
                                              inputs.domain.num_classes)
             rows = tf.tile(prior[None], [data_config.batch_size, 1])  # split with the batch
