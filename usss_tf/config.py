@@ -132,7 +132,8 @@ class AugmentConfig:
     # Labelled crops get the next labelled crop's small-class pixels
     # (usss_tf.data.copy_paste.paste_within_labelled): an augmentation for
     # any method; univ_basic +5 mIoU with 2 labelled images per domain, +2-3
-    # with 10 (docs/RESULTS.md). The paper's pipelines turn it off.
+    # with 10, but -2.8 on synth_camvid with all 60 labelled (docs/RESULTS.md):
+    # turn it off for large labelled sets. The paper's pipelines turn it off.
     copy_paste: bool = True
 
     def validate(self, key="data.augment"):
