@@ -29,8 +29,8 @@ def test_stages_pick_their_steps_domains_and_losses():
     assert (pretrain.steps(train), centroids.steps(train), universal.steps(train)) == (7, 0, 11)
     assert method.loss_weights(loss, pretrain) == {"supervised": 1.0}
     assert method.loss_weights(loss, universal) == dataclasses.asdict(loss)
-    assert universal.consistency and method.loss_weights(loss, universal)["consistency_feature"] == 0.5
-    assert method.loss_weights(loss, universal)["consistency_paste"] == 0.5
+    assert universal.consistency and method.loss_weights(loss, universal)["consistency_feature"] == 0.25
+    assert method.loss_weights(loss, universal)["consistency_paste"] == 0.25
     source, target = method.plan("finetune")
     assert source.select(["a", "b", "c"]) == ["a"] and target.select(["a", "b", "c"]) == ["b", "c"]
     assert method.loss_weights(loss, target) == {"supervised": 1.0}
