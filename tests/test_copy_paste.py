@@ -138,19 +138,3 @@ def test_the_labelled_copy_paste_augmentation_changes_the_labelled_crops_only(tm
         changed += int((b["labels"].numpy() != a["labels"].numpy()).sum())
     assert changed > 0
 
-
-def test_settings_known_not_to_replicate_are_refused_on_several_replicas():
-    from usss_tf import method
-    weights = {"supervised": 1.0, "consistency_feature": 0.5, "consistency_paste": 0.5}
-    default = Objective(weights, num_domains=2, consistency=config_lib.ConsistencyConfig())
-    method.check_replicated(default, 2)
-    strong = Objective({**weights, "consistency_strong": 0.5}, num_domains=2,
-                       consistency=config_lib.ConsistencyConfig())
-    method.check_replicated(strong, 1)
-    with pytest.raises(config_lib.ConfigError, match="'loss.consistency_strong'"):
-        method.check_replicated(strong, 2)
-    # Without alignment and class-adaptive thresholds it replicates (test_distribution).
-    method.check_replicated(Objective(weights, num_domains=2, consistency=config_lib.ConsistencyConfig(
-        distribution_alignment=False, class_adaptive_threshold=False)), 2)
-    method.check_replicated(Objective({**weights, "consistency_paste": 0.0, "consistency_strong": 0.5},
-                                      num_domains=2, consistency=config_lib.ConsistencyConfig()), 2)

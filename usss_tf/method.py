@@ -311,24 +311,6 @@ class Objective:
         return tf.add_n([self.weights[key.split("/")[0]] * value for key, value in terms.items()])
 
 
-def check_replicated(objective, num_replicas):
-    """Refuses the loss settings that are known not to train the same on several replicas.
-
-    Copy-paste together with the strong CutMix stream: one step on two replicas
-    differs from one device by 2.8% of the largest update (every other term
-    and combination agrees to reduction order, tests/test_distribution.py;
-    cause not found). The experiment checks every stage's objective before the
-    first stage trains.
-    """
-    w = objective.weights
-    if num_replicas < 2 or w["consistency_paste"] <= 0:
-        return
-    if w["consistency_strong"] > 0:
-        raise config_lib.ConfigError(
-            f"keys 'loss.consistency_paste' and 'loss.consistency_strong' are both on, which is not "
-            f"supported on {num_replicas} replicas yet; set one of them to 0 or train on one device")
-
-
 def channel_dropout(features, rate, seeds):
     """Drops whole channels of each sample (``Dropout2d``), drawn from that sample's seed.
 

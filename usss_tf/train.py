@@ -121,9 +121,6 @@ class Experiment:
             f"{', '.join(f'{i.domain.name} ({len(i.labeled)} labelled, {len(i.unlabeled)} unlabelled)' for i in self.inputs)}, "
             f"{self.strategy.num_replicas_in_sync} replica(s), {self.model.count_params():,} parameters"
         )
-        for stage in method.plan(cfg.method):  # Before any stage trains.
-            if not stage.fits_centroids:
-                method.check_replicated(self._objective(stage), self.strategy.num_replicas_in_sync)
         previous, offset = None, 0
         for stage in method.plan(cfg.method):
             if stage.fits_centroids:
