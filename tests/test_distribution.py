@@ -154,5 +154,6 @@ def test_two_replica_step_equals_single_device_step(configuration, tmp_path):
     assert figures["dtypes"] == ["float64", "float32"]
     assert figures["same_start"] == 0.0
     assert figures["change"] > 0.0
-    # Same update up to float32 rounding (measured: 1e-5 of the update), far below the update itself.
-    assert figures["max_diff"] < 1e-4 * figures["max_update"], figures
+    # Same update up to float32 rounding: measured 1e-5 of the update on a Zen 5; the bound leaves
+    # room for other CPUs' kernels, and a replica taking its own loss mean gives 12-44%.
+    assert figures["max_diff"] < 1e-3 * figures["max_update"], figures
