@@ -91,11 +91,13 @@ SCRIPT = textwrap.dedent(
         model.fit(tf.data.Dataset.from_tensors(batch).repeat(100), epochs=1, verbose=0, shuffle=False)
         model.save_weights(path)
 
-    def one_step(strategy, weights, batch, consistency, start):
+    def one_step(strategy, weights, batch, consistency, start, dtype="float32"):
+        # One SGD step from the weights in `start`, the model and images in `dtype`.
         keras.utils.set_random_seed(0)
-        if keras.config.dtype_policy().name == "float64":
-            batch = {d: {k: v.astype("float64") if k in IMAGES else v for k, v in x.items()}
-                     for d, x in batch.items()}
+        keras.config.set_dtype_policy(dtype)
+        images = ("images", "unlabeled", "unlabeled_strong", "unlabeled_pasted")
+        batch = {d: {k: v.astype(dtype) if k in images else v for k, v in x.items()}
+                 for d, x in batch.items()}
         with strategy.scope():
             model = segmenter()
             model.build()
@@ -116,14 +118,13 @@ SCRIPT = textwrap.dedent(
         "paste_plain_thresholds": (default_terms, default_batch, ConsistencyConfig(
             threshold=0.3, distribution_alignment=False, class_adaptive_threshold=False)),
     }
-    IMAGES = ("images", "unlabeled", "unlabeled_strong", "unlabeled_pasted")
     weights, inputs, consistency = configurations[sys.argv[1]]
     start = os.path.join(sys.argv[2], "start.weights.h5")
     trained_start(inputs, start)
     b2, a2, r2 = one_step(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), weights, inputs,
                           consistency, start)
-    keras.config.set_dtype_policy("float64")
-    b1, a1, r1 = one_step(tf.distribute.get_strategy(), weights, inputs, consistency, start)
+    b1, a1, r1 = one_step(tf.distribute.get_strategy(), weights, inputs, consistency, start,
+                          dtype="float64")
     figures = {
         "replicas": [r1, r2],
         "dtypes": [str(b1[0].dtype), str(b2[0].dtype)],
