@@ -22,6 +22,7 @@ from tensorflow_serving.apis import (
 )
 
 from usss_tf.serving.admission import Admission
+from usss_tf.serving.drain import Drain
 from usss_tf.serving.metrics import ServingMetrics
 from usss_tf.serving.status import invalid_argument, not_found
 
@@ -59,13 +60,15 @@ class ServingApi:
     """Predict, GetModelMetadata and GetModelStatus on one ``ModelStore``.
 
     ``models`` is the ``ModelRegistry`` of served models. Predict requests of
-    both front ends share one ``Admission`` (the bound on requests in flight);
-    every Predict is counted and timed in ``metrics``.
+    both front ends share one ``Admission`` (the bound on requests in flight)
+    and one ``Drain`` (the open calls a shutdown waits for); every Predict is
+    counted and timed in ``metrics``.
     """
 
     def __init__(self, models, admission=None, metrics=None):
         self.models = models
         self.admission = admission or Admission()
+        self.drain = Drain()
         self.metrics = metrics or ServingMetrics(
             loaded_versions=models.loaded_counts, admission=self.admission)
 

@@ -55,7 +55,14 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.api = api
 
     def Predict(self, request, context):  # noqa: N802 - gRPC method name
-        return _answer(context, self.api.predict, request, deadline=_deadline(context))
+        return _answer(context, self._predict, request, call=context)
+
+    def _predict(self, request, call):
+        # Open until the reply is sent (the termination callback), not just computed.
+        self.api.drain.started()
+        if not call.add_callback(self.api.drain.finished):  # the call already ended
+            self.api.drain.finished()
+        return self.api.predict(request, deadline=_deadline(call))
 
     def GetModelMetadata(self, request, context):  # noqa: N802
         return _answer(context, self.api.get_model_metadata, request)

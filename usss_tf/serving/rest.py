@@ -9,8 +9,8 @@ Routes (as TF Serving's HTTP server has them):
 
 Answers are JSON; failures are ``{"error": "..."}`` with the HTTP status of
 their code (400 bad request, 404 not found, 413 body over the size limit, 429
-server busy, 501 classify/regress). Status and metadata are the gRPC response protos printed as
-JSON, so both APIs report the same thing.
+server busy, 501 classify/regress, 503 shutting down). Status and metadata are
+the gRPC response protos printed as JSON, so both APIs report the same thing.
 """
 
 import http.server
@@ -108,6 +108,19 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
         self._handle(self._get)
 
     def do_POST(self):  # noqa: N802
+        drain = self.server.api.drain
+        try:
+            drain.started()
+        except RequestError as refusal:  # shutting down: refused before the body is read
+            self.close_connection = True
+            self._send_json(refusal.http_status, {"error": refusal.message})
+            return
+        try:
+            self._read_and_answer()
+        finally:
+            drain.finished()
+
+    def _read_and_answer(self):
         # Read (or refuse) the body first, so the connection stays in step.
         try:
             length = int(self.headers.get("Content-Length") or 0)

@@ -14,8 +14,12 @@ replies too, so keep it above the largest answer a client asks for (the
 ``probabilities`` of a batch are 4 bytes x pixels x classes; clients that only
 need the class ids send ``output_filter: ["class_ids"]``).
 
-``serve`` runs a server until SIGTERM or SIGINT, then stops it gracefully
-(in-flight requests finish, new ones are refused) and returns.
+``serve`` runs a server until SIGTERM or SIGINT, then stops it gracefully and
+returns: new predict requests are refused with UNAVAILABLE (REST 503) at once,
+the admitted ones finish, and the connections stay open a short drain period
+after the last one so that its reply reaches the client before they close (a
+connection closed under a client still reading a large reply resets it and the
+reply is lost).
 """
 
 import concurrent.futures
@@ -23,6 +27,7 @@ import pathlib
 import logging
 import signal
 import threading
+import time
 
 import grpc
 
@@ -40,6 +45,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_MB = 64
 DEFAULT_POLL_SECONDS = 2.0
+DEFAULT_DRAIN_SECONDS = 2.0
 
 
 def _host_port(host, port):
@@ -123,10 +129,22 @@ class ModelServer:
         self._rest_thread = threading.Thread(target=self._rest.serve_forever, name="rest", daemon=True)
         self._rest_thread.start()
 
-    def stop(self, grace=5.0):
-        """Stops taking requests, lets in-flight ones finish for up to ``grace`` seconds."""
+    def stop(self, grace=5.0, drain_seconds=DEFAULT_DRAIN_SECONDS):
+        """Stops taking requests, lets in-flight ones finish for up to ``grace`` seconds.
+
+        Predict requests arriving meanwhile are refused with UNAVAILABLE. The
+        transports close ``drain_seconds`` after the last reply was sent (within
+        ``grace``), so that its client has read it before the connection goes.
+        """
+        deadline = time.monotonic() + grace
+        drain = self.api.drain
+        drain.close()
+        if grace > 0 and drain.wait(grace) and drain.last_finished is not None:
+            linger = min(drain.last_finished + drain_seconds, deadline) - time.monotonic()
+            if linger > 0:
+                time.sleep(linger)
         if self._grpc is not None:
-            self._grpc.stop(grace).wait()
+            self._grpc.stop(max(deadline - time.monotonic(), 0.0)).wait()
             self._grpc = None
         if self._rest is not None:
             self._rest.shutdown()

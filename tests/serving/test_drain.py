@@ -1,0 +1,33 @@
+import threading
+
+import grpc
+import pytest
+
+from usss_tf.serving.drain import Drain
+from usss_tf.serving.status import RequestError
+
+
+def test_a_closed_drain_refuses_new_calls_and_waits_for_the_open_one():
+    drain = Drain()
+    drain.started()
+    assert drain.refusal() is None and drain.open_calls == 1
+    drain.close("going away")
+    with pytest.raises(RequestError) as refused:
+        drain.started()
+    assert refused.value.code == grpc.StatusCode.UNAVAILABLE and refused.value.http_status == 503
+    assert refused.value.message.startswith("going away; retry")
+    assert not drain.wait(0.05)  # the open call holds it
+    assert drain.last_finished is None
+    finisher = threading.Timer(0.1, drain.finished)
+    finisher.start()
+    assert drain.wait(10)
+    assert drain.open_calls == 0 and drain.last_finished is not None
+
+
+def test_a_call_context_closes_its_call_when_the_answer_raises():
+    drain = Drain()
+    with pytest.raises(ValueError):
+        with drain.call():
+            assert drain.open_calls == 1
+            raise ValueError("bad request")
+    assert drain.open_calls == 0 and drain.wait(0)
