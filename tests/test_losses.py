@@ -92,44 +92,6 @@ def test_distribution_alignment_to_the_labelled_sets_frequency_ignores_the_batch
     np.testing.assert_allclose(aligned, expected, rtol=1e-6)
 
 
-def test_estimated_prior_one_em_step_by_hand():
-    # The learnt prior is the mean prediction on the labelled crops' known pixels (0.25 / 0.75);
-    # one EM step: the prior is the mean unlabelled prediction over valid pixels (0.75 / 0.25),
-    # the posteriors are re-weighted by prior / learnt prior.
-    probabilities = np.array([[[[0.9, 0.1], [0.6, 0.4], [0.0, 1.0]]]], np.float32)
-    valid = np.array([[[1.0, 1.0, 0.0]]], np.float32)  # the third pixel is padding
-    labelled = np.array([[[[0.5, 0.5], [0.0, 1.0], [1.0, 0.0]]]], np.float32)
-    labels = np.array([[[0, 1, 255]]], np.int32)  # the third pixel is unknown
-    adjusted = losses.adjust_to_estimated_prior(probabilities, valid, labelled, labels,
-                                                iterations=1, smoothing=0.0).numpy()
-    expected = probabilities * (np.array([0.75, 0.25]) / np.array([0.25, 0.75]))
-    expected /= expected.sum(-1, keepdims=True)
-    np.testing.assert_allclose(adjusted, expected, rtol=1e-6)
-
-
-def test_estimated_prior_recovers_the_unlabelled_class_frequencies():
-    # A calibrated classifier of three 1-d Gaussian classes, trained on labelled pixels drawn
-    # uniformly, applied to unlabelled pixels drawn 80 / 15 / 5: EM finds that prior (Saerens
-    # et al. 2002), the mean raw prediction does not, and the adjusted posteriors classify better.
-    rng = np.random.default_rng(0)
-    means = np.array([-2.0, 0.0, 2.0])
-
-    def pixels(prior):
-        classes = rng.choice(3, 20000, p=prior)
-        posteriors = np.exp(-0.5 * (rng.normal(means[classes], 1.0)[:, None] - means) ** 2)
-        return classes, (posteriors / posteriors.sum(1, keepdims=True)).astype(np.float32)
-
-    truth = np.array([0.8, 0.15, 0.05])
-    classes, posteriors = pixels(truth)
-    labelled_classes, labelled = pixels(np.full(3, 1 / 3))
-    adjusted = losses.adjust_to_estimated_prior(
-        posteriors.reshape(1, 100, 200, 3), np.ones([1, 100, 200], np.float32),
-        labelled.reshape(1, 100, 200, 3), labelled_classes.reshape(1, 100, 200)).numpy().reshape(-1, 3)
-    np.testing.assert_allclose(adjusted.mean(0), truth, atol=0.02)
-    assert np.abs(posteriors.mean(0) - truth).max() > 0.1
-    assert (adjusted.argmax(1) == classes).mean() > (posteriors.argmax(1) == classes).mean() + 0.05
-
-
 def test_class_adaptive_thresholds_lower_the_rarely_confident_classes():
     # Six pixels, three classes: class 0 has 3 confident pixels, class 1 one, class 2 none
     # (its one pixel is below 0.9); the padded pixel (confident class 1) does not count.

@@ -195,7 +195,7 @@ class LossConfig:
                 raise ConfigError(f"key '{key}.{name}': must be >= 0, got {value}")
 
 
-ALIGNMENT_TARGETS = ("batch", "labelled_set", "estimated")
+ALIGNMENT_TARGETS = ("batch", "labelled_set")
 
 
 @dataclasses.dataclass
@@ -221,9 +221,7 @@ class ConsistencyConfig:
     # The labelled class frequency it aligns to: "labelled_set" (every labelled
     # image of the domain as stored, counted once when the pipeline is built)
     # or "batch" (the step's labelled crops, after augmentation: copy-paste
-    # inflates the small classes there, and the pseudo-labels followed), or
-    # "estimated" (the unlabelled batch's own prior, by EM from the predictions,
-    # losses.adjust_to_estimated_prior).
+    # inflates the small classes there, and the pseudo-labels followed).
     alignment_target: str = "labelled_set"
     # Per-class thresholds, lower for classes with few confident pixels
     # (losses.class_adaptive_thresholds, FlexMatch); false: one threshold for all.

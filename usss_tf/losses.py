@@ -155,45 +155,6 @@ def align_distribution(probabilities, valid, labels, ignore_label=IGNORE_LABEL, 
     return aligned / tf.reduce_sum(aligned, axis=-1, keepdims=True)
 
 
-def adjust_to_estimated_prior(probabilities, valid, labelled_probabilities, labels,
-                              ignore_label=IGNORE_LABEL, iterations=10, smoothing=1e-3):
-    """Posteriors adjusted to the unlabelled batch's class prior, estimated by EM.
-
-    Saerens et al. 2002 ("Adjusting the outputs of a classifier to new a
-    priori probabilities"): a classifier trained under prior ``q`` gives
-    p(c|x); on data with prior ``r`` the posterior is p(c|x) r(c) / q(c),
-    renormalised, and ``r`` is the fixed point of "r = the mean adjusted
-    posterior", reached by iterating from ``q``. ``q`` here is the model's
-    own mean prediction on the labelled crops of the step (where the labels
-    are known): the prior it actually learnt, copy-paste re-balancing and
-    all. Taking the labelled label frequency for ``q`` instead collapses:
-    a class absent from two labelled images has ``q`` near 0 while the
-    model still gives it some probability, and EM inflates it without bound.
-
-    Args:
-      probabilities: float [B, H, W, C], the weak view's (unlabelled) predictions.
-      valid: float [B, H, W], 1 for image pixels of the weak view.
-      labelled_probabilities: float [B', H', W', C], predictions on the labelled crops.
-      labels: int [B', H', W'], their labels (``ignore_label`` pixels do not count).
-    Returns the adjusted probabilities; their mean over valid pixels is the estimated prior.
-    """
-    num_classes = tf.cast(tf.shape(probabilities)[-1], tf.float32)
-    known = tf.cast(labels != ignore_label, tf.float32)[..., None]
-    learnt = _replica_sum(tf.reduce_sum(tf.cast(labelled_probabilities, tf.float32) * known, axis=[0, 1, 2]))
-    learnt = (learnt + smoothing) / (tf.reduce_sum(learnt) + smoothing * num_classes)
-    weights = tf.cast(valid, tf.float32)[..., None]
-    pixels = tf.maximum(_replica_sum(tf.reduce_sum(weights)), 1.0)
-
-    def adjust(prior):
-        adjusted = probabilities * (prior / learnt)
-        return adjusted / tf.reduce_sum(adjusted, axis=-1, keepdims=True)
-
-    prior = learnt
-    for _ in range(iterations):
-        prior = _replica_sum(tf.reduce_sum(adjust(prior) * weights, axis=[0, 1, 2])) / pixels
-    return adjust(prior)
-
-
 def entropy(logits, axis=-1):
     """Mean Shannon entropy (nats) of ``softmax(logits)`` over all other axes."""
     logits = tf.cast(logits, tf.float32)

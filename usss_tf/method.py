@@ -236,10 +236,8 @@ class Objective:
             labels = batch[d]["labels"]
             label_size = tf.shape(labels)[1:3]
             labelled = where[(d, "labeled")]
-            logits = None
-            if w["supervised"] > 0 or (self.uses_consistency and self.consistency.alignment_target == "estimated"):
-                logits = model.decode(features[labelled], d, label_size)
             if w["supervised"] > 0:
+                logits = model.decode(features[labelled], d, label_size)
                 terms[f"supervised/{d}"] = losses.replica_masked_cross_entropy(labels, logits)
             if w["embedding_supervision"] > 0:
                 sim = model.similarity_logits(embeddings[labelled], d)
@@ -262,11 +260,10 @@ class Objective:
                 pasted = where.get((d, "pasted"))
                 terms.update(self._consistency_terms(
                     model, d, batch[d], features[weak], None if strong is None else features[strong],
-                    None if pasted is None else features[pasted], labelled_logits=logits))
+                    None if pasted is None else features[pasted]))
         return terms
 
-    def _consistency_terms(self, model, domain, batch, weak_features, strong_features, pasted_features,
-                           labelled_logits=None):
+    def _consistency_terms(self, model, domain, batch, weak_features, strong_features, pasted_features):
         """The consistency terms of one domain (see the class docstring)."""
         c, w = self.consistency, self.weights
         size = tf.shape(batch["unlabeled"])[1:3]
@@ -274,13 +271,8 @@ class Objective:
         probabilities = tf.stop_gradient(tf.nn.softmax(weak_logits))
         valid = batch["unlabeled_valid"]
         if c.distribution_alignment:
-            if c.alignment_target == "estimated":
-                probabilities = losses.adjust_to_estimated_prior(
-                    probabilities, valid, tf.stop_gradient(tf.nn.softmax(tf.cast(labelled_logits, tf.float32))),
-                    batch["labels"])
-            else:
-                probabilities = losses.align_distribution(
-                    probabilities, valid, batch["labels"], labelled_prior=batch.get("labelled_prior"))
+            probabilities = losses.align_distribution(probabilities, valid, batch["labels"],
+                                                      labelled_prior=batch.get("labelled_prior"))
         pseudo_labels = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
         confidence = tf.reduce_max(probabilities, axis=-1)
         per_class = losses.class_adaptive_thresholds(
