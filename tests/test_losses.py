@@ -92,6 +92,17 @@ def test_distribution_alignment_to_the_labelled_sets_frequency_ignores_the_batch
     np.testing.assert_allclose(aligned, expected, rtol=1e-6)
 
 
+def test_distribution_alignment_strength_tempers_the_ratio():
+    probabilities = np.array([[[[0.9, 0.1], [0.6, 0.4]]]], np.float32)
+    valid = np.array([[[1.0, 1.0]]], np.float32)
+    labels = np.array([[[0, 1, 1, 0]]], np.int32)  # half class 1; the model predicts 0.25 of it
+    half = losses.align_distribution(probabilities, valid, labels, smoothing=0.0, strength=0.5).numpy()
+    expected = probabilities * np.sqrt(np.array([0.5, 0.5]) / np.array([0.75, 0.25]))
+    np.testing.assert_allclose(half, expected / expected.sum(-1, keepdims=True), rtol=1e-6)
+    none = losses.align_distribution(probabilities, valid, labels, smoothing=0.0, strength=0.0).numpy()
+    np.testing.assert_allclose(none, probabilities, rtol=1e-6)
+
+
 def test_class_adaptive_thresholds_lower_the_rarely_confident_classes():
     # Six pixels, three classes: class 0 has 3 confident pixels, class 1 one, class 2 none
     # (its one pixel is below 0.9); the padded pixel (confident class 1) does not count.

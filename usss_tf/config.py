@@ -223,6 +223,7 @@ class ConsistencyConfig:
     # or "batch" (the step's labelled crops, after augmentation: copy-paste
     # inflates the small classes there, and the pseudo-labels followed).
     alignment_target: str = "labelled_set"
+    alignment_strength: float = 1.0
     # Per-class thresholds, lower for classes with few confident pixels
     # (losses.class_adaptive_thresholds, FlexMatch); false: one threshold for all.
     # On by default: better than one threshold in 10 of 12 seed-paired synthetic
@@ -233,7 +234,7 @@ class ConsistencyConfig:
     blur: float = 0.5
 
     def validate(self, key="consistency"):
-        for name in ("threshold", "cutmix", "color_jitter", "grayscale", "blur"):
+        for name in ("threshold", "cutmix", "color_jitter", "grayscale", "blur", "alignment_strength"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"key '{key}.{name}': must be in [0, 1], got {value}")

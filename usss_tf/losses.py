@@ -123,7 +123,7 @@ def labelled_class_counts(labels, num_classes, ignore_label=IGNORE_LABEL):
 
 
 def align_distribution(probabilities, valid, labels, ignore_label=IGNORE_LABEL, smoothing=1e-3,
-                       labelled_prior=None):
+                       labelled_prior=None, strength=1.0):
     """Distribution alignment of pseudo-label probabilities (ReMixMatch; DARS for segmentation).
 
     A model trained on a few labelled images over-predicts the frequent
@@ -141,6 +141,8 @@ def align_distribution(probabilities, valid, labels, ignore_label=IGNORE_LABEL, 
       labelled_prior: optional float [B', C], the class frequency of the domain's
         whole labelled set, one row per labelled crop
         (``consistency.alignment_target: labelled_set``); it replaces the batch's.
+      strength: the ratio is raised to this power (``consistency.alignment_strength``):
+        1 aligns fully, 0 not at all.
     """
     num_classes = tf.shape(probabilities)[-1]
     if labelled_prior is None:
@@ -151,7 +153,7 @@ def align_distribution(probabilities, valid, labels, ignore_label=IGNORE_LABEL, 
     weights = tf.cast(valid, tf.float32)[..., None]
     predicted = _replica_sum(tf.reduce_sum(probabilities * weights, axis=[0, 1, 2]))
     predicted = (predicted + smoothing) / (tf.reduce_sum(predicted) + smoothing * tf.cast(num_classes, tf.float32))
-    aligned = probabilities * (target / predicted)
+    aligned = probabilities * (target / predicted) ** strength
     return aligned / tf.reduce_sum(aligned, axis=-1, keepdims=True)
 
 

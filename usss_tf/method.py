@@ -272,7 +272,8 @@ class Objective:
         valid = batch["unlabeled_valid"]
         if c.distribution_alignment:
             probabilities = losses.align_distribution(probabilities, valid, batch["labels"],
-                                                      labelled_prior=batch.get("labelled_prior"))
+                                                      labelled_prior=batch.get("labelled_prior"),
+                                                      strength=c.alignment_strength)
         pseudo_labels = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
         confidence = tf.reduce_max(probabilities, axis=-1)
         per_class = losses.class_adaptive_thresholds(
