@@ -31,3 +31,17 @@ def test_a_call_context_closes_its_call_when_the_answer_raises():
             assert drain.open_calls == 1
             raise ValueError("bad request")
     assert drain.open_calls == 0 and drain.wait(0)
+
+
+def test_a_call_in_two_parts_closes_when_both_are_done_and_reopen_takes_calls_again():
+    drain = Drain()
+    drain.started()
+    part_done = drain.closer(parts=2)
+    part_done()  # e.g. gRPC's termination callback on a cancelled call: the handler still runs
+    assert drain.open_calls == 1 and not drain.wait(0.01)
+    part_done()  # the handler returned
+    assert drain.open_calls == 0 and drain.wait(0)
+    drain.close()
+    drain.reopen()
+    drain.started()
+    assert drain.open_calls == 1

@@ -306,9 +306,10 @@ def test_a_broken_version_is_skipped_and_the_previous_one_keeps_serving(exported
     assert pathlib.Path(model_base / "1").is_dir()
 
 
-def test_stopping_refuses_new_predicts_and_delivers_the_open_one(exported, tmp_path):
-    """``stop``: the predict in flight gets its whole reply; gRPC and REST predicts sent
-    meanwhile are refused with UNAVAILABLE / 503 while the server drains."""
+def test_stopping_refuses_new_predicts_and_delivers_the_open_one(exported, tmp_path, scene_pngs):
+    """``stop`` with a predict in flight (queued behind a slot the test holds): gRPC and REST
+    predicts sent meanwhile are refused with UNAVAILABLE / 503, ``stop`` waits for the open
+    one, which gets its whole reply, and closes the connections ``drain_seconds`` after it."""
     import http.client
     import json
     import threading
@@ -318,30 +319,47 @@ def test_stopping_refuses_new_predicts_and_delivers_the_open_one(exported, tmp_p
     model_base = tmp_path / MODEL
     model_base.mkdir()
     add_version(model_base, exported, 1)
-    running = ModelServer(model_base, model_name=MODEL, port=0, rest_port=0, max_message_mb=256).start()
-    stopper = threading.Thread(target=lambda: running.stop(grace=120, drain_seconds=1.0))
+    running = ModelServer(model_base, model_name=MODEL, port=0, rest_port=0, max_inflight=1).start()
+    held, release, stopped = threading.Event(), threading.Event(), {}
+
+    def hold_the_only_slot():
+        with running.api.admission.slot():
+            held.set()
+            release.wait(120)
+
+    def stop():
+        running.stop(grace=120, drain_seconds=1.0)
+        stopped["at"] = time.monotonic()
+
+    holder, stopper = threading.Thread(target=hold_the_only_slot), threading.Thread(target=stop)
+    holder.start()
+    assert held.wait(30)
     try:
-        images = np.random.default_rng(0).integers(0, 256, (2, 512, 1024, 3), dtype=np.uint8)
-        large = predict_request(images, "segment_synth_city_tensor", output_filter=["class_ids"])
-        options = [("grpc.max_receive_message_length", 1 << 28), ("grpc.max_send_message_length", 1 << 28)]
-        with grpc.insecure_channel(running.grpc_address, options=options) as channel:
+        with grpc.insecure_channel(running.grpc_address) as channel:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-            reply = stub.Predict.future(large, timeout=300)
-            _wait_for(lambda: running.api.drain.open_calls == 1 or reply.done(), timeout=60)
+            reply = stub.Predict.future(predict_request(scene_pngs, output_filter=["class_ids"]), timeout=120)
+            _wait_for(lambda: running.api.drain.open_calls == 1, timeout=60)
             stopper.start()
             _wait_for(lambda: running.api.drain.closed_reason is not None, timeout=60)
             with pytest.raises(grpc.RpcError) as refused:
-                stub.Predict(predict_request(images[:1, :32, :64], "segment_synth_city_tensor"), timeout=60)
+                stub.Predict(predict_request(scene_pngs[:1]), timeout=60)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
             assert "shutting down" in refused.value.details()
             connection = http.client.HTTPConnection("127.0.0.1", running.rest_port, timeout=30)
             connection.request("POST", f"/v1/models/{MODEL}:predict",
                                body=json.dumps({"instances": [[[[0, 0, 0]]]]}))
             answer = connection.getresponse()
-            assert answer.status == 503 and "shutting down" in json.loads(answer.read())["error"]
-            assert _ids(reply.result(timeout=300)).shape == (2, 512, 1024)
-        stopper.join(180)
+            assert answer.status == 503 and answer.getheader("Connection") == "close"
+            assert "shutting down" in json.loads(answer.read())["error"]
+            time.sleep(0.5)
+            assert stopper.is_alive() and not reply.done()  # stop waits for the open call
+            release.set()
+            assert _ids(reply.result(timeout=120)).shape == (3, 32, 64)
+        stopper.join(60)
         assert not stopper.is_alive() and running.api.drain.open_calls == 0
+        assert stopped["at"] - running.api.drain.last_finished >= 0.95  # the drain period
     finally:
-        if not stopper.is_alive():
+        release.set()
+        holder.join(30)
+        if stopper.ident is None:
             running.stop(grace=0)

@@ -1,7 +1,8 @@
 """Graceful shutdown: refuse new predict requests, let the open ones deliver their replies.
 
 A predict call is open from the moment a front end takes it until its reply
-has been handed to the transport (gRPC: the call's termination callback; REST:
+has been handed to the transport and its handler has returned (gRPC: the
+call's termination callback and the handler; REST: from the body read to
 the response written). On shutdown the server ``close``s the drain: every new
 predict is refused with UNAVAILABLE (REST 503), so a client retries on another
 replica; it then ``wait``s for the open calls. The transports must stay up a
@@ -55,6 +56,30 @@ class Drain:
             self.open_calls -= 1
             self.last_finished = time.monotonic()
             self._idle.notify_all()
+
+    def reopen(self):
+        """Takes calls again (a server started after a stop)."""
+        with self._lock:
+            self.closed_reason = None
+
+    def closer(self, parts):
+        """A callable that closes the call opened by ``started`` on its ``parts``-th call.
+
+        A gRPC call ends twice: its handler returns, and the transport is done
+        with it (the termination callback, which fires at once on cancellation,
+        with the handler still running). It is closed when both have happened.
+        """
+        remaining = [parts]
+        lock = threading.Lock()
+
+        def part_done():
+            with lock:
+                remaining[0] -= 1
+                last = remaining[0] == 0
+            if last:
+                self.finished()
+
+        return part_done
 
     @contextlib.contextmanager
     def call(self):

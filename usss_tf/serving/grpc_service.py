@@ -58,11 +58,15 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         return _answer(context, self._predict, request, call=context)
 
     def _predict(self, request, call):
-        # Open until the reply is sent (the termination callback), not just computed.
+        # Open until the reply is sent (the termination callback) and the handler returned.
         self.api.drain.started()
-        if not call.add_callback(self.api.drain.finished):  # the call already ended
-            self.api.drain.finished()
-        return self.api.predict(request, deadline=_deadline(call))
+        part_done = self.api.drain.closer(parts=2)
+        if not call.add_callback(part_done):  # the call already ended
+            part_done()
+        try:
+            return self.api.predict(request, deadline=_deadline(call))
+        finally:
+            part_done()
 
     def GetModelMetadata(self, request, context):  # noqa: N802
         return _answer(context, self.api.get_model_metadata, request)

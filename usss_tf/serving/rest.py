@@ -69,11 +69,13 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
     def log_message(self, format, *args):  # noqa: A002 - the stdlib's signature
         log.debug("%s %s", self.address_string(), format % args)
 
-    def _send_json(self, status, payload):
+    def _send_json(self, status, payload, close=False):
         body = json.dumps(payload, separators=(",", ":")).encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        if close:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
 
@@ -108,19 +110,6 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
         self._handle(self._get)
 
     def do_POST(self):  # noqa: N802
-        drain = self.server.api.drain
-        try:
-            drain.started()
-        except RequestError as refusal:  # shutting down: refused before the body is read
-            self.close_connection = True
-            self._send_json(refusal.http_status, {"error": refusal.message})
-            return
-        try:
-            self._read_and_answer()
-        finally:
-            drain.finished()
-
-    def _read_and_answer(self):
         # Read (or refuse) the body first, so the connection stays in step.
         try:
             length = int(self.headers.get("Content-Length") or 0)
@@ -151,7 +140,17 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
                                            f"{limit} bytes (usss-tf serve --max-message-mb)"})
             return
         self._body = self.rfile.read(length)
-        self._handle(self._post)
+        drain = self.server.api.drain
+        try:
+            drain.started()  # counted from here: a slow upload does not hold a shutdown
+        except RequestError as refusal:  # shutting down
+            self.close_connection = True
+            self._send_json(refusal.http_status, {"error": refusal.message}, close=True)
+            return
+        try:
+            self._handle(self._post)
+        finally:
+            drain.finished()
 
     def _get(self, route):
         api = self.server.api

@@ -93,6 +93,7 @@ class ModelServer:
         return None if self.rest_port is None else f"http://{_host_port(self.host, self.rest_port)}"
 
     def start(self):
+        self.api.drain.reopen()
         self.models.start()
         try:
             self._start_grpc()
@@ -136,6 +137,7 @@ class ModelServer:
         transports close ``drain_seconds`` after the last reply was sent (within
         ``grace``), so that its client has read it before the connection goes.
         """
+        grace = grace or 0.0  # None: at once, as grpc's stop takes it
         deadline = time.monotonic() + grace
         drain = self.api.drain
         drain.close()
