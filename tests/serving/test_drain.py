@@ -24,15 +24,6 @@ def test_a_closed_drain_refuses_new_calls_and_waits_for_the_open_one():
     assert drain.open_calls == 0 and drain.last_finished is not None
 
 
-def test_a_call_context_closes_its_call_when_the_answer_raises():
-    drain = Drain()
-    with pytest.raises(ValueError):
-        with drain.call():
-            assert drain.open_calls == 1
-            raise ValueError("bad request")
-    assert drain.open_calls == 0 and drain.wait(0)
-
-
 def test_a_call_in_two_parts_closes_when_both_are_done_and_reopen_takes_calls_again():
     drain = Drain()
     drain.started()

@@ -10,7 +10,6 @@ moment longer: closing a connection while its client is still reading a large
 reply makes the kernel reset it, and the client loses the reply.
 """
 
-import contextlib
 import threading
 import time
 
@@ -80,15 +79,6 @@ class Drain:
                 self.finished()
 
         return part_done
-
-    @contextlib.contextmanager
-    def call(self):
-        """``started`` ... ``finished`` around a call answered on this thread (REST)."""
-        self.started()
-        try:
-            yield
-        finally:
-            self.finished()
 
     def wait(self, timeout=None):
         """Waits until no call is open; False if ``timeout`` seconds passed first."""
