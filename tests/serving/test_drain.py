@@ -10,7 +10,7 @@ from usss_tf.serving.status import RequestError
 def test_a_closed_drain_refuses_new_calls_and_waits_for_the_open_one():
     drain = Drain()
     drain.started()
-    assert drain.refusal() is None and drain.open_calls == 1
+    assert drain.closed_reason is None and drain.open_calls == 1
     drain.close("going away")
     with pytest.raises(RequestError) as refused:
         drain.started()

@@ -112,8 +112,13 @@ def test_bad_requests_get_an_error_and_the_server_keeps_serving(server, scene_pn
 
 def test_an_oversize_body_is_refused_with_413(server, scene_pngs):
     too_big = json.dumps({"instances": ["x" * int(MAX_MESSAGE_MB * 1024 * 1024)]}).encode()
-    status, answer = _http(server, "POST", f"/v1/models/{MODEL}:predict", too_big)
-    assert status == 413 and "--max-message-mb" in answer["error"]
+    address = urllib.parse.urlsplit(server.rest_address)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
+    connection.request("POST", f"/v1/models/{MODEL}:predict", body=too_big)
+    response = connection.getresponse()
+    assert response.status == 413 and "--max-message-mb" in json.loads(response.read())["error"]
+    assert response.getheader("Connection") == "close"  # the server ends the connection and says so
+    connection.close()
     assert _http(server, "POST", f"/v1/models/{MODEL}:predict", {"instances": [_b64(scene_pngs[0])]})[0] == 200
 
 

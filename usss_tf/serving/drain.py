@@ -33,20 +33,12 @@ class Drain:
         with self._lock:
             self.closed_reason = reason
 
-    def refusal(self):
-        """The ``RequestError`` a call arriving now gets, or None while the drain is open."""
-        reason = self.closed_reason
-        if reason is None:
-            return None
-        return RequestError(grpc.StatusCode.UNAVAILABLE,
-                            f"{reason}; retry on another replica or after the restart")
-
     def started(self):
-        """Opens one call, or raises its refusal once the drain is closed."""
+        """Opens one call, or raises UNAVAILABLE once the drain is closed."""
         with self._lock:
-            refusal = self.refusal()
-            if refusal is not None:
-                raise refusal
+            if self.closed_reason is not None:
+                raise RequestError(grpc.StatusCode.UNAVAILABLE,
+                                   f"{self.closed_reason}; retry on another replica or after the restart")
             self.open_calls += 1
 
     def finished(self):

@@ -69,12 +69,12 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
     def log_message(self, format, *args):  # noqa: A002 - the stdlib's signature
         log.debug("%s %s", self.address_string(), format % args)
 
-    def _send_json(self, status, payload, close=False):
+    def _send_json(self, status, payload):
         body = json.dumps(payload, separators=(",", ":")).encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
-        if close:
+        if self.close_connection:  # a refusal that ends the connection says so (HTTP/1.1)
             self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
@@ -145,7 +145,7 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
             drain.started()  # counted from here: a slow upload does not hold a shutdown
         except RequestError as refusal:  # shutting down
             self.close_connection = True
-            self._send_json(refusal.http_status, {"error": refusal.message}, close=True)
+            self._send_json(refusal.http_status, {"error": refusal.message})
             return
         try:
             self._handle(self._post)
