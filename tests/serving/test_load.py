@@ -55,6 +55,7 @@ def test_beyond_the_limit_both_front_ends_refuse_at_once(small_server, scene_png
         status, payload = _rest(small_server, "POST", f"/v1/models/{MODEL}:predict", body)
         assert status == 429 and b"busy" in payload
         assert time.perf_counter() - started < 30  # Refused, not queued until the timeout.
+    assert small_server.api.metrics.counts[(MODEL, "RESOURCE_EXHAUSTED")] == 2  # REST's too
     assert stub.Predict(good, timeout=60).outputs["class_ids"].tensor_shape.dim[1].size == 32
     status, _ = _rest(small_server, "POST", f"/v1/models/{MODEL}:predict", body)
     assert status == 200

@@ -308,8 +308,8 @@ def test_a_broken_version_is_skipped_and_the_previous_one_keeps_serving(exported
 
 def test_stopping_refuses_new_predicts_and_delivers_the_open_one(exported, tmp_path, scene_pngs):
     """``stop`` with a predict in flight (queued behind a slot the test holds): gRPC and REST
-    predicts sent meanwhile are refused with UNAVAILABLE / 503, ``stop`` waits for the open
-    one, which gets its whole reply, and closes the connections ``drain_seconds`` after it."""
+    predicts sent meanwhile are refused with UNAVAILABLE / 503 (counted in the metrics; model
+    status says UNLOADING), ``stop`` waits for the open one, which gets its whole reply, and closes the connections ``drain_seconds`` after it."""
     import http.client
     import json
     import threading
@@ -351,6 +351,11 @@ def test_stopping_refuses_new_predicts_and_delivers_the_open_one(exported, tmp_p
             answer = connection.getresponse()
             assert answer.status == 503 and answer.getheader("Connection") == "close"
             assert "shutting down" in json.loads(answer.read())["error"]
+            assert running.api.metrics.counts[(MODEL, "UNAVAILABLE")] == 2  # both refusals counted
+            status = http.client.HTTPConnection("127.0.0.1", running.rest_port, timeout=30)
+            status.request("GET", f"/v1/models/{MODEL}")
+            states = [v["state"] for v in json.loads(status.getresponse().read())["model_version_status"]]
+            assert states == ["UNLOADING"]  # a health check on model status sees the drain
             time.sleep(0.5)
             assert stopper.is_alive() and not reply.done()  # stop waits for the open call
             release.set()

@@ -24,7 +24,7 @@ from tensorflow_serving.apis import (
 from usss_tf.serving.admission import Admission
 from usss_tf.serving.drain import Drain
 from usss_tf.serving.metrics import ServingMetrics
-from usss_tf.serving.status import invalid_argument, not_found
+from usss_tf.serving.status import RequestError, invalid_argument, not_found
 
 SIGNATURE_DEF_FIELD = "signature_def"
 _UNKNOWN_ERROR = 2  # tensorflow.error.Code.UNKNOWN
@@ -71,6 +71,14 @@ class ServingApi:
         self.drain = Drain()
         self.metrics = metrics or ServingMetrics(
             loaded_versions=models.loaded_counts, admission=self.admission)
+
+    def open_call(self, model_name):
+        """Opens one Predict call in ``drain``; a refusal (shutting down) is counted and raised."""
+        try:
+            self.drain.started()
+        except RequestError as refusal:
+            self.metrics.count(model_name, refusal.code.name)
+            raise
 
     def resolve(self, model_spec):
         """The ``LoadedVersion`` a ``ModelSpec`` names (version, label or the newest)."""
@@ -139,7 +147,10 @@ class ServingApi:
             status.version = number
             status.status.SetInParent()  # error_code OK, printed as such in JSON
             if error is None:
-                status.state = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+                # Draining for a shutdown: TF Serving's state for a version on its way out,
+                # so a health check on model status takes the replica out of rotation.
+                status.state = (get_model_status_pb2.ModelVersionStatus.UNLOADING if self.drain.closed_reason
+                                else get_model_status_pb2.ModelVersionStatus.AVAILABLE)
             else:
                 status.state = get_model_status_pb2.ModelVersionStatus.END
                 status.status.error_code = _UNKNOWN_ERROR

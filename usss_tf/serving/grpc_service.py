@@ -59,7 +59,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def _predict(self, request, call):
         # Open until the reply is sent (the termination callback) and the handler returned.
-        self.api.drain.started()
+        self.api.open_call(request.model_spec.name)
         part_done = self.api.drain.closer(parts=2)
         if not call.add_callback(part_done):  # the call already ended
             part_done()

@@ -93,10 +93,15 @@ class ServingMetrics:
             status = "INTERNAL"
             raise
         finally:
-            with self.lock:
-                self.counts[(model_name or "", status)] += 1
+            self.count(model_name, status)
             self.latency.labels(model_name or "", api, entrypoint).observe(
                 (time.perf_counter() - started) * 1e6)
+
+    def count(self, model_name, status):
+        """Counts one Predict request under ``status``; alone, for one refused before it ran
+        (the server shutting down, every slot taken), which has no latency to time."""
+        with self.lock:
+            self.counts[(model_name or "", status)] += 1
 
     def exposition(self):
         """The Prometheus text-format page (bytes)."""

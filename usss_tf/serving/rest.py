@@ -86,6 +86,11 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
                             "expected /v1/models/<name>[/versions/<v>][/metadata|:predict]")
         return match.groupdict()
 
+    def _model_name(self):
+        """The model the path names, for counting a refusal; "" when the path is malformed."""
+        match = _ROUTE.match(self.path.split("?", 1)[0])
+        return match["name"] if match else ""
+
     def _handle(self, answer):
         try:
             status, payload = 200, answer(self._route())
@@ -122,6 +127,7 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
         limit = self.server.max_body_bytes
         if self.server.api.admission.full():
             # Refused before its body is read: a burst of connections costs no buffers.
+            self.server.api.metrics.count(self._model_name(), "RESOURCE_EXHAUSTED")
             self.close_connection = True
             self._send_json(429, {"error": "server busy: every request slot is taken; retry later"})
             return
@@ -140,9 +146,9 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
                                            f"{limit} bytes (usss-tf serve --max-message-mb)"})
             return
         self._body = self.rfile.read(length)
-        drain = self.server.api.drain
+        api = self.server.api
         try:
-            drain.started()  # counted from here: a slow upload does not hold a shutdown
+            api.open_call(self._model_name())  # from here: a slow upload does not hold a shutdown
         except RequestError as refusal:  # shutting down
             self.close_connection = True
             self._send_json(refusal.http_status, {"error": refusal.message})
@@ -150,7 +156,7 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
         try:
             self._handle(self._post)
         finally:
-            drain.finished()
+            api.drain.finished()
 
     def _get(self, route):
         api = self.server.api
