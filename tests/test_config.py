@@ -59,6 +59,19 @@ def test_wrong_type_and_unknown_key_in_file(tmp_path):
         config_lib.load_config(_write(tmp_path, bad))
 
 
+def test_a_number_in_scientific_notation_without_a_dot_is_a_number(tmp_path):
+    """PyYAML (YAML 1.1) reads ``1e-4`` as a string; a float key takes it as the number."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(BASE) + "train:\n  learning_rate: 1e-4\n")
+    config = config_lib.load_config(path, ["loss.consistency_feature=2.5E-3", "model.width=+5e-1"])
+    assert config.train.learning_rate == 1e-4
+    assert config.loss.consistency_feature == 0.0025 and config.model.width == 0.5
+    with pytest.raises(ConfigError, match="key 'train.steps': expected an integer, got '1e3'"):
+        config_lib.load_config(path, ["train.steps=1e3"])
+    with pytest.raises(ConfigError, match="key 'model.width': expected a number, got 'e-4'"):
+        config_lib.load_config(path, ["model.width=e-4"])
+
+
 def test_unknown_domain_is_reported_with_the_key(tmp_path):
     bad = dict(BASE, domains=[{"name": "atlantis", "root": "/x"}])
     with pytest.raises(ConfigError, match=r"domains.0.name.*atlantis"):

@@ -8,6 +8,7 @@ before any work starts rather than as a stack trace an hour in.
 
 import dataclasses
 import pathlib
+import re
 import types
 import typing
 
@@ -354,6 +355,10 @@ def _type_name(tp):
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
+# Scientific notation without a dot (1e-4), which YAML 1.1 and so PyYAML read as a string.
+_YAML11_EXPONENT = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
 def _convert(value, tp, key):
     """Converts a YAML value to type ``tp``, raising ``ConfigError`` naming ``key``."""
     origin = typing.get_origin(tp)
@@ -385,6 +390,8 @@ def _convert(value, tp, key):
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _YAML11_EXPONENT.match(value):
+            return float(value)  # PyYAML reads 1e-4 (no dot) as a string
         raise ConfigError(f"key '{key}': expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
