@@ -133,48 +133,6 @@ def test_alignment_to_the_labelled_set_uses_the_pipelines_class_frequency():
         assert abs(float(aligned_to_skew[key]) - float(aligned_to_batch[key])) > 1e-3
 
 
-def test_soft_targets_are_the_weak_views_distribution_on_every_valid_pixel():
-    """``consistency.soft_targets``: the strong view learns the (box-mixed) weak distribution
-    and the feature stream the weak one, over every valid pixel, whatever the threshold."""
-    model = _model()
-    batch = _batch(np.random.default_rng(0))
-    config = config_lib.ConsistencyConfig(threshold=0.99, feature_dropout=0.5, distribution_alignment=False,
-                                          soft_targets=True)
-    terms = Objective(ON, num_domains=2, consistency=config).terms(model, batch, training=False)
-    for d in DOMAINS:
-        b = batch[d]
-        normalize = model.preprocessor(d).normalize
-        size = tf.shape(b["unlabeled"])[1:3]
-        weak_features = model.encode(normalize(b["unlabeled"]))
-        probabilities = tf.nn.softmax(model.decode(weak_features, d, size)).numpy()
-        box, valid = b["cutmix_box"].numpy(), b["unlabeled_valid"].numpy()
-        partner = np.array([1, 0, 3, 2])
-        strong = np.where(box[..., None] > 0, b["unlabeled_strong"].numpy()[partner],
-                          b["unlabeled_strong"].numpy())
-        strong_logits = model.decode(model.encode(normalize(tf.constant(strong))), d, size).numpy()
-        mixed_targets = np.where(box[..., None] > 0, probabilities[partner], probabilities)
-        mixed_valid = np.where(box > 0, valid[partner], valid)
-        expected = _soft_hand_loss(mixed_targets, mixed_valid, strong_logits)
-        assert float(terms[f"consistency_strong/{d}"]) == pytest.approx(expected, rel=1e-4)
-        channels = weak_features.shape[-1]
-        keep = np.stack([
-            tf.random.stateless_uniform([channels], tf.random.experimental.stateless_fold_in(seed, 1)).numpy()
-            >= 0.5 for seed in b["unlabeled_seed"]])
-        feature_logits = model.decode(tf.constant(weak_features.numpy() * keep[:, None, None, :] * 2.0),
-                                      d, size).numpy()
-        expected = _soft_hand_loss(probabilities, valid, feature_logits)
-        assert float(terms[f"consistency_feature/{d}"]) == pytest.approx(expected, rel=1e-4)
-
-
-def _log_softmax(logits):
-    log_p = logits - logits.max(-1, keepdims=True)
-    return log_p - np.log(np.exp(log_p).sum(-1, keepdims=True))
-
-
-def _soft_hand_loss(targets, valid, logits):
-    return float((-(targets * _log_softmax(logits)).sum(-1) * valid).sum() / valid.sum())
-
-
 def _hand_loss(pseudo, confidence, valid, logits, threshold):
     log_p = logits - logits.max(-1, keepdims=True)
     log_p = log_p - np.log(np.exp(log_p).sum(-1, keepdims=True))

@@ -119,25 +119,3 @@ def test_class_adaptive_thresholds_lower_the_rarely_confident_classes():
     assert float(loss) == pytest.approx(5 * math.log(3) / 5, rel=1e-6)  # every valid pixel passes
     nothing = losses.class_adaptive_thresholds(pseudo, confidence * 0, valid, 3, 0.9).numpy()
     np.testing.assert_array_equal(nothing, [0.0, 0.0, 0.0])
-
-
-def test_soft_target_cross_entropy_uses_the_whole_distribution_over_valid_pixels():
-    logits = np.array([[[[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]]]], np.float32)  # [1, 1, 3, 2]
-    targets = np.array([[[[0.7, 0.3], [0.5, 0.5], [0.0, 1.0]]]], np.float32)
-    valid = np.array([[[1.0, 1.0, 0.0]]], np.float32)  # pixel 2 is crop padding
-
-    def log_softmax(row):
-        return row - math.log(sum(math.exp(x) for x in row))
-
-    expected = sum(-sum(t * lp for t, lp in zip(targets[0, 0, i], log_softmax(logits[0, 0, i])))
-                   for i in (0, 1)) / 2
-    value = losses.soft_target_cross_entropy(targets, valid, logits)
-    assert float(value) == pytest.approx(expected, rel=1e-6)
-    # One-hot targets give the hard cross-entropy; no gradient reaches the targets.
-    one_hot = tf.one_hot([[[0, 1, 0]]], 2)
-    hard = losses.pseudo_label_cross_entropy([[[0, 1, 0]]], tf.ones([1, 1, 3]), valid, logits, 0.5)
-    assert float(losses.soft_target_cross_entropy(one_hot, valid, logits)) == pytest.approx(float(hard))
-    soft = tf.Variable(targets)
-    with tf.GradientTape() as tape:
-        loss = losses.soft_target_cross_entropy(soft, valid, logits)
-    assert tape.gradient(loss, soft) is None

@@ -232,10 +232,6 @@ class ConsistencyConfig:
     # On by default: better than one threshold in 10 of 12 seed-paired synthetic
     # runs, one tie, one -1.0 (docs/RESULTS.md, "Class-adaptive thresholds").
     class_adaptive_threshold: bool = True
-    # Targets: false = hard pseudo-labels (argmax, thresholded); true = the weak
-    # view's whole (aligned) distribution on every pixel, no threshold
-    # (losses.soft_target_cross_entropy): consistency without sharpening.
-    soft_targets: bool = False
     color_jitter: float = 0.8  # Probability of colour jitter on the strong view.
     grayscale: float = 0.2
     blur: float = 0.5

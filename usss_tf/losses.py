@@ -80,26 +80,6 @@ def pseudo_label_cross_entropy(pseudo_labels, confidence, valid, logits, thresho
     return replica_mean(tf.reduce_sum(per_pixel * confident), tf.reduce_sum(valid))
 
 
-def soft_target_cross_entropy(targets, valid, logits):
-    """Consistency loss against soft targets: cross-entropy with the weak view's distribution.
-
-    Every valid pixel counts, weighted by nothing but its validity: the
-    student is pulled towards the teacher's whole distribution, not its
-    argmax, so the loss does not sharpen the model's predictions the way a
-    hard pseudo-label or entropy minimisation does (``consistency.soft_targets``).
-    Mean over valid pixels, exact across replicas (``replica_mean``).
-
-    Args:
-      targets: float [B, H, W, C], rows summing to 1 (no gradient flows into them).
-      valid: float [B, H, W], 1 for image pixels, 0 for crop padding.
-      logits: float [B, H, W, C] of the perturbed view.
-    """
-    log_probabilities = tf.nn.log_softmax(tf.cast(logits, tf.float32))
-    per_pixel = -tf.reduce_sum(tf.stop_gradient(tf.cast(targets, tf.float32)) * log_probabilities, axis=-1)
-    valid = tf.cast(valid, tf.float32)
-    return replica_mean(tf.reduce_sum(per_pixel * valid), tf.reduce_sum(valid))
-
-
 def _replica_sum(value):
     """``value`` summed over the replicas in sync (itself with one replica)."""
     context = tf.distribute.get_replica_context()

@@ -274,11 +274,6 @@ class Objective:
             probabilities = losses.align_distribution(probabilities, valid, batch["labels"],
                                                       labelled_prior=batch.get("labelled_prior"),
                                                       strength=c.alignment_strength)
-        if "oracle_labels" in batch:  # PILOT-ORACLE: the unlabelled images' true labels as targets
-            truth = batch["oracle_labels"]
-            known = (truth != IGNORE_LABEL)[..., None]
-            probabilities = tf.where(known, tf.one_hot(tf.where(known[..., 0], truth, 0),
-                                                       tf.shape(probabilities)[-1]), probabilities)
         pseudo_labels = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
         confidence = tf.reduce_max(probabilities, axis=-1)
         per_class = losses.class_adaptive_thresholds(
@@ -290,26 +285,6 @@ class Objective:
             return c.threshold if per_class is None else tf.gather(per_class, labels)
 
         terms = {}
-        if c.soft_targets:
-            num_classes = tf.shape(probabilities)[-1]
-            if w["consistency_strong"] > 0:
-                box = batch["cutmix_box"]
-                terms[f"consistency_strong/{domain}"] = losses.soft_target_cross_entropy(
-                    strong_views.paste_partner(probabilities, box), strong_views.paste_partner(valid, box),
-                    model.decode(strong_features, domain, size))
-            if w["consistency_paste"] > 0:
-                pasted_labels = tf.cast(batch["pasted_labels"], tf.int32)
-                mask = (pasted_labels != IGNORE_LABEL)[..., None]
-                targets = tf.where(mask, tf.one_hot(tf.where(mask[..., 0], pasted_labels, 0), num_classes),
-                                   probabilities)
-                terms[f"consistency_paste/{domain}"] = losses.soft_target_cross_entropy(
-                    targets, tf.where(mask[..., 0], 1.0, tf.cast(valid, tf.float32)),
-                    model.decode(pasted_features, domain, size))
-            if w["consistency_feature"] > 0:
-                perturbed = channel_dropout(weak_features, c.feature_dropout, batch["unlabeled_seed"])
-                terms[f"consistency_feature/{domain}"] = losses.soft_target_cross_entropy(
-                    probabilities, valid, model.decode(perturbed, domain, size))
-            return terms
         if w["consistency_strong"] > 0:
             box = batch["cutmix_box"]
             strong_logits = model.decode(strong_features, domain, size)

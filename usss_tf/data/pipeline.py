@@ -164,7 +164,7 @@ def _sample_index(i, n, seed):
 
 
 def _stream(images, labels, batch_size, start_step, num_steps, seed, crop, scale, augment_config, table,
-            consistency=None, strong_view=True, oracle=None):
+            consistency=None, strong_view=True):
     """A batched stream of augmented crops for steps ``[start_step, start_step + num_steps)``.
 
     Labelled: ``(images, labels)``. Unlabelled: ``images``, or with
@@ -176,7 +176,6 @@ def _stream(images, labels, batch_size, start_step, num_steps, seed, crop, scale
     n = len(images)
     image_paths = tf.constant(images)
     label_paths = tf.constant(labels) if labels is not None else None
-    oracle_paths = tf.constant(oracle) if oracle is not None else None  # PILOT-ORACLE
 
     def load(i):
         index = _sample_index(i, n, seed)
@@ -190,12 +189,7 @@ def _stream(images, labels, batch_size, start_step, num_steps, seed, crop, scale
             return augment(image, None, element_seed, crop, scale, augment_config)[0]
         # A blank label marks the padding of crops larger than the image.
         blank = tf.zeros(tf.shape(image)[:2], tf.uint8)
-        if oracle_paths is not None:  # PILOT-ORACLE
-            truth = decode_label(tf.gather(oracle_paths, index), table)
-            image, truth = augment(image, truth, element_seed, crop, scale, augment_config)
-            padding = tf.where(truth == IGNORE_LABEL, tf.cast(IGNORE_LABEL, truth.dtype), tf.zeros_like(truth))
-        else:
-            image, padding = augment(image, blank, element_seed, crop, scale, augment_config)
+        image, padding = augment(image, blank, element_seed, crop, scale, augment_config)
         view_seed = tf.stack([tf.cast(seed, tf.int64) + 104729, i])
         box_seed = tf.stack([tf.cast(seed, tf.int64) + 1299709, i])
         views = {
@@ -203,8 +197,6 @@ def _stream(images, labels, batch_size, start_step, num_steps, seed, crop, scale
             "unlabeled_valid": tf.cast(tf.not_equal(padding, IGNORE_LABEL), tf.float32),
             "unlabeled_seed": view_seed,
         }
-        if oracle_paths is not None:  # PILOT-ORACLE
-            views["oracle_labels"] = tf.cast(truth, tf.int32)
         if strong_view:
             views["unlabeled_strong"] = strong_views.strong_photometric(image, view_seed, consistency)
             views["cutmix_box"] = strong_views.cutmix_box(crop, box_seed, consistency.cutmix)
@@ -259,7 +251,6 @@ def train_dataset(domain_inputs, data_config, seed, start_step, num_steps, with_
                 [e.image for e in inputs.unlabeled], None, data_config.unlabeled_batch_size,
                 start_step, num_steps, base * 4 + UNLABELED_STREAM, crop, inputs.scale,
                 data_config.augment, table, consistency=consistency, strong_view=strong_view,
-                oracle=[e.label for e in inputs.unlabeled] if __import__("os").environ.get("USSS_ORACLE") else None,
             )
             if consistency is None:
                 unlabeled = unlabeled.map(lambda u: {"unlabeled": u})
