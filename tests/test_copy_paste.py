@@ -59,11 +59,9 @@ def test_paste_within_labelled_pastes_the_next_crops_small_classes_with_their_la
     np.testing.assert_array_equal(single_labels.numpy(), labels[:1])
 
 
-@pytest.mark.parametrize("background", ["pseudo_labels", "ignored"])
-def test_copy_paste_term_equals_a_hand_computation(background):
+def test_copy_paste_term_equals_a_hand_computation():
     """Targets: the true labels where pasted (counted whatever the threshold), the weak view's
-    confident pseudo-labels elsewhere, or nothing there (``paste_background: ignored``, with
-    class-adaptive thresholds, some of which are 0); logits of the pasted crops."""
+    confident pseudo-labels elsewhere; logits of the pasted crops."""
     model = _model()
     batch = _batch(np.random.default_rng(0))
     for d, classes in (("a", 3), ("b", 4)):
@@ -80,8 +78,7 @@ def test_copy_paste_term_equals_a_hand_computation(background):
         threshold = float(np.median(confidence))  # splits the pixels
         assert 0.02 < (confidence >= threshold).mean() < 0.98
         config = config_lib.ConsistencyConfig(threshold=threshold, distribution_alignment=False,
-                                              class_adaptive_threshold=background == "ignored",
-                                              paste_background=background)
+                                              class_adaptive_threshold=False)
         terms = Objective(weights, num_domains=2, consistency=config).terms(
             model, {d: batch[d]}, training=False)
         assert sorted(terms) == [f"consistency_paste/{d}", f"supervised/{d}"]
@@ -91,10 +88,8 @@ def test_copy_paste_term_equals_a_hand_computation(background):
         mask = small[b["labels"]]  # four labelled and four unlabelled crops: partner i is i
         pasted = np.where(mask[..., None], b["images"], b["unlabeled"])
         logits = model.decode(model.encode(normalize(tf.constant(pasted))), d, size).numpy()
-        own = confidence if background == "pseudo_labels" else np.zeros_like(confidence)
-        expected = _hand_loss(np.where(mask, b["labels"], pseudo), np.where(mask, 1.0, own),
-                              np.where(mask, 1.0, b["unlabeled_valid"]), logits,
-                              threshold if background == "pseudo_labels" else 0.5)
+        expected = _hand_loss(np.where(mask, b["labels"], pseudo), np.where(mask, 1.0, confidence),
+                              np.where(mask, 1.0, b["unlabeled_valid"]), logits, threshold)
         assert float(terms[f"consistency_paste/{d}"]) == pytest.approx(expected, rel=1e-4)
 
 

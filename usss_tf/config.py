@@ -232,10 +232,6 @@ class ConsistencyConfig:
     # On by default: better than one threshold in 10 of 12 seed-paired synthetic
     # runs, one tie, one -1.0 (docs/RESULTS.md, "Class-adaptive thresholds").
     class_adaptive_threshold: bool = True
-    # The consistency_paste view's own pixels: "pseudo_labels" (the weak view's, as the
-    # feature stream), or "ignored": only the pasted labelled pixels count, and the
-    # unlabelled crop is a new background for them (no target from the model itself).
-    paste_background: str = "pseudo_labels"
     color_jitter: float = 0.8  # Probability of colour jitter on the strong view.
     grayscale: float = 0.2
     blur: float = 0.5
@@ -246,7 +242,6 @@ class ConsistencyConfig:
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"key '{key}.{name}': must be in [0, 1], got {value}")
         _check_choice(f"{key}.alignment_target", self.alignment_target, ALIGNMENT_TARGETS)
-        _check_choice(f"{key}.paste_background", self.paste_background, ("pseudo_labels", "ignored"))
         if not 0.0 <= self.feature_dropout < 1.0:
             raise ConfigError(f"key '{key}.feature_dropout': must be in [0, 1), got {self.feature_dropout}")
 

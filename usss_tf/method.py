@@ -297,10 +297,8 @@ class Objective:
             pasted_labels = tf.cast(batch["pasted_labels"], tf.int32)
             mask = pasted_labels != IGNORE_LABEL
             targets = tf.where(mask, pasted_labels, pseudo_labels)
-            # -1: under every threshold (a class-adaptive one can be 0).
-            background = confidence if c.paste_background == "pseudo_labels" else -tf.ones_like(confidence)
             terms[f"consistency_paste/{domain}"] = losses.pseudo_label_cross_entropy(
-                targets, tf.where(mask, 1.0, background), tf.where(mask, 1.0, valid),
+                targets, tf.where(mask, 1.0, confidence), tf.where(mask, 1.0, valid),
                 model.decode(pasted_features, domain, size), thresholds(targets))
         if w["consistency_feature"] > 0:
             perturbed = channel_dropout(weak_features, c.feature_dropout, batch["unlabeled_seed"])
