@@ -187,7 +187,7 @@ def evaluate_run(run_dir, split="val", domains=None, batch_size=None, prediction
     for index, domain_config in selected:
         domain = domain_registry.get_domain(domain_config.name)
         split_name = _split_name(domain_config, split)
-        root = sources.resolve_root(domain_config, index, config.seed, splits=(split_name,))
+        root = sources.resolve_root(domain_config, index, splits=(split_name,))
         examples = sources.evaluation_examples(
             domain, root, split_name, getattr(config.data, "on_broken", "stop"), echo=echo)
         started = time.perf_counter()

@@ -193,7 +193,7 @@ def _run_workers(grid, grid_path, jobs, devices, echo):
 
     first = grid.config(*next(grid.cells()))
     for index, domain in enumerate(first.domains):
-        sources.resolve_root(domain, index, first.seed)
+        sources.resolve_root(domain, index)
     if isinstance(devices, (list, tuple)):
         devices = ",".join(devices)
     logs, workers = [], []

@@ -54,10 +54,14 @@ class DomainInputs:
         return entry
 
 
-def resolve_root(domain_config, index, seed, echo=None, splits=None):
+def resolve_root(domain_config, index, echo=None, splits=None):
     """The domain's data folder, in its layout.
 
-    Synthetic domains are written when ``generate`` is set; a ``source: tfds``
+    A synthetic domain whose folder is missing is written when ``generate`` is
+    set, always with the generator's default seed (``usss-tf data synth``'s):
+    the dataset is the same whichever run writes it first, so the run's seed
+    draws the labelled images and the training, never the images themselves.
+    An existing folder is used as it is. A ``source: tfds``
     domain is prepared with TFDS and materialised as files (`tfds_source`)
     for `splits` (default: its train and val splits).
     """
@@ -76,7 +80,7 @@ def resolve_root(domain_config, index, seed, echo=None, splits=None):
     if not root.exists() and domain_config.generate:
         from usss_tf.data import synthetic
 
-        synthetic.write_synthetic_domain(domain_config.name, root, seed=seed)
+        synthetic.write_synthetic_domain(domain_config.name, root)
     if not root.is_dir():
         hint = ""
         if domain_registry.get_domain(domain_config.name).synthetic:
@@ -164,7 +168,7 @@ def prepare_domain(config, index, check=True, echo=None):
     """
     d = config.domains[index]
     domain = domain_registry.get_domain(d.name)
-    root = resolve_root(d, index, config.seed, echo=echo)
+    root = resolve_root(d, index, echo=echo)
     on_broken = getattr(config.data, "on_broken", "stop")
     max_val = config.data.max_val_images
     if not check:
