@@ -88,8 +88,10 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
 
     def _model_name(self):
         """The model the path names, for counting a refusal; "" when the path is malformed."""
-        match = _ROUTE.match(self.path.split("?", 1)[0])
-        return match["name"] if match else ""
+        try:
+            return self._route()["name"]
+        except RequestError:
+            return ""
 
     def _handle(self, answer):
         try:
