@@ -148,3 +148,55 @@ def test_a_run_trained_with_skipped_files_evaluates_without_them(tiny_run, tmp_p
     (run / "config.yaml").write_text(config)
     with pytest.raises(DatasetError, match=broken.name):
         evaluate.evaluate_run(run)
+
+
+def _run_trained_with_relative_roots(tiny_run, base):
+    """A copy of the tiny run as if trained in ``base`` with ``root: data/<domain>``."""
+    shutil.copytree(tiny_run.parent / "data", base / "data")
+    run = shutil.copytree(tiny_run, base / "run")
+    config = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(config.replace(str(tiny_run.parent / "data") + "/", "data/"))
+    manifest = json.loads((run / "manifest.json").read_text())
+    for name, entry in manifest.items():
+        entry["root"] = str(base / "data" / name)
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    return run
+
+
+def test_a_relative_root_is_the_folder_the_run_read_whatever_the_working_directory(
+        tiny_run, tmp_path, monkeypatch):
+    run = _run_trained_with_relative_roots(tiny_run, tmp_path / "trained_here")
+    assert "root: data/synth_camvid" in (run / "config.yaml").read_text()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    results = evaluate.evaluate_run(run, domains=["synth_camvid"])
+    assert results["synth_camvid"]["data"] == {
+        "root": str(tmp_path / "trained_here" / "data" / "synth_camvid"),
+        "split": "val", "as_run_saw": True}
+    assert not (elsewhere / "data").exists()
+    expected = json.loads((tiny_run / "metrics.json").read_text())
+    assert results["synth_camvid"]["miou"] == pytest.approx(expected["synth_camvid"]["miou"])
+
+
+def test_evaluation_says_when_the_split_is_not_the_one_the_run_saw(tiny_run, tmp_path, monkeypatch):
+    base = tmp_path / "trained_here"
+    run = _run_trained_with_relative_roots(tiny_run, base)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["synth_camvid"]["root"] = str(tmp_path / "moved_away")
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    val = base / "data" / "synth_camvid"
+    for path in sorted((val / "val").glob("*.png"))[:1] + sorted((val / "valannot").glob("*.png"))[:1]:
+        path.unlink()
+    monkeypatch.chdir(base)  # the recorded folder is gone: the config's root, from here
+    notes = []
+    results = evaluate.evaluate_run(run, domains=["synth_camvid"], echo=notes.append)
+    assert results["synth_camvid"]["data"] == {
+        "root": str(val), "split": "val", "as_run_saw": False}
+    assert results["synth_camvid"]["num_images"] == 2
+    assert any(f"the run read {tmp_path / 'moved_away'}" in n for n in notes), notes
+    assert any("warning: domain 'synth_camvid': split 'val'" in n
+               and "3 files when the run saw it, 2 now" in n for n in notes), notes
+    # A split the run did not record (its training split is recorded too).
+    results = evaluate.evaluate_run(run, split="train", domains=["synth_camvid"])
+    assert results["synth_camvid"]["data"]["as_run_saw"] is True

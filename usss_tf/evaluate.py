@@ -27,7 +27,7 @@ from usss_tf import metrics as metrics_lib
 from usss_tf import inference, method, runs, transfer
 from usss_tf.data import sources
 from usss_tf.errors import ConfigError, UnknownDomainError
-from usss_tf.run_dir import RunDir, write_json_atomic
+from usss_tf.run_dir import MANIFEST, RunDir, write_json_atomic
 
 
 def train_to_raw(domain):
@@ -163,7 +163,10 @@ def evaluate_run(run_dir, split="val", domains=None, batch_size=None, prediction
     the run's checkpoint, on the run's data: the check that serving predicts
     what evaluation measured. A checkpoint's figures of a domain whose classes
     correspond to another domain's also have ``transfer``
-    (``usss_tf.transfer.evaluate_transfer``).
+    (``usss_tf.transfer.evaluate_transfer``). Each domain's ``data`` says
+    which folder and split were scored and whether they are the ones the run
+    saw (``sources.split_as_run_saw``); the folder is the one the run
+    recorded (``sources.run_root``), whatever the working directory.
     """
     run_dir = pathlib.Path(run_dir)
     config = runs.read_config(run_dir)
@@ -183,11 +186,17 @@ def evaluate_run(run_dir, split="val", domains=None, batch_size=None, prediction
             echo(f"note: {run_dir} has not finished; evaluating its {loaded.stage} checkpoint")
         model, predictors = loaded.model, {}
     batch_size = batch_size or config.data.eval_batch_size
+    manifest = RunDir(run_dir, writable=False).read_json(MANIFEST, {})
     results = {}
     for index, domain_config in selected:
         domain = domain_registry.get_domain(domain_config.name)
         split_name = _split_name(domain_config, split)
-        root = sources.resolve_root(domain_config, index, splits=(split_name,))
+        entry = manifest.get(domain.name)
+        root = sources.run_root(domain_config, index, entry, (split_name,), echo=echo)
+        as_run_saw, change = sources.split_as_run_saw(domain, root, split_name, entry)
+        if as_run_saw is False and echo:
+            echo(f"warning: domain '{domain.name}': split '{split_name}' in {root} is not the "
+                 f"one the run saw ({change}); these figures are not comparable with the run's")
         examples = sources.evaluation_examples(
             domain, root, split_name, getattr(config.data, "on_broken", "stop"), echo=echo)
         started = time.perf_counter()
@@ -198,6 +207,8 @@ def evaluate_run(run_dir, split="val", domains=None, batch_size=None, prediction
             colorized_dir=out / "color" if out else None,
             predictor=predictors.get(domain.name),
         )
+        results[domain.name]["data"] = {
+            "root": str(root), "split": split_name, "as_run_saw": as_run_saw}
         if model is not None:
             transferred = transfer.evaluate_transfer(
                 model, domain, examples, batch_size,

@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 import tensorflow as tf
 
 from usss_tf import config as config_lib
@@ -49,8 +50,25 @@ def test_manifest_written_once_and_checked(camvid_tree, tmp_path):
     assert len(saved["camvid"]["labeled"]) == 3
     pipeline.write_manifest(path, entries)  # same content: fine
     entries["camvid"]["labeled"] = entries["camvid"]["labeled"][:2]
-    with pytest.raises(DatasetError, match="camvid"):
+    with pytest.raises(DatasetError, match=r"camvid \(labeled\)"):
         pipeline.write_manifest(path, entries)
+
+
+def test_a_resumed_run_refuses_changed_data_and_accepts_an_older_manifest(camvid_tree, tmp_path):
+    path = tmp_path / "manifest.json"
+    inputs = sources.prepare_domains(_config(camvid_tree))[1]
+    pipeline.write_manifest(path, {"camvid": inputs.manifest_entry()})
+    assert json.loads(path.read_text())["camvid"]["splits"]["val"]["files"] == 3
+    label = sorted((camvid_tree / "valannot").glob("*.png"))[-1]
+    Image.fromarray(np.full((32, 64), 3, np.uint8)).save(label)  # same name, other content
+    changed = sources.prepare_domains(_config(camvid_tree))[1]
+    assert [e.key for e in changed.labeled] == [e.key for e in inputs.labeled]
+    with pytest.raises(DatasetError, match=r"camvid \(splits\)"):
+        pipeline.write_manifest(path, {"camvid": changed.manifest_entry()})
+    older = inputs.manifest_entry()
+    del older["splits"]
+    path.write_text(json.dumps({"camvid": older}))  # written before splits were recorded
+    pipeline.write_manifest(path, {"camvid": changed.manifest_entry()})
 
 
 def test_same_seed_same_batches_and_resume_matches(camvid_tree):

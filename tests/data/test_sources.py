@@ -175,7 +175,7 @@ def test_skip_fills_max_val_images_with_usable_ones(tmp_path):
 def test_stop_manifest_is_unchanged_when_nothing_is_broken(tmp_path):
     root = write_camvid_tree(tmp_path / "camvid")
     (inputs,) = sources.prepare_domains(_config(root))
-    assert set(inputs.manifest_entry()) == {"root", "labeled", "unlabeled", "val"}
+    assert set(inputs.manifest_entry()) == {"root", "labeled", "unlabeled", "val", "splits"}
     (skipping,) = sources.prepare_domains(_config(root, "skip"))
     assert skipping.manifest_entry()["num_skipped"] == 0
     assert [e.key for e in skipping.labeled] == [e.key for e in inputs.labeled]

@@ -61,19 +61,33 @@ def split_labeled(examples, num_labeled, seed, domain_name, num_unlabeled=None):
 def write_manifest(path, entries):
     """Writes the labelled-subset manifest, or checks it matches an existing one.
 
-    ``entries`` maps domain -> {"root", "labeled": [keys], "unlabeled": count}.
-    A different manifest in the same run directory means the data or the
-    seed changed under a run being resumed: that is an error, not a silent
-    change of the experiment.
+    ``entries`` maps domain -> {"root", "labeled": [keys], "unlabeled": count,
+    "splits": fingerprints, ...}. A different manifest in the same run
+    directory means the data or the seed changed under a run being resumed:
+    that is an error, not a silent change of the experiment. A field that the
+    existing manifest lacks (written by an older version) is not compared.
     """
     path = pathlib.Path(path)
     if path.exists():
         existing = json.loads(path.read_text())
+        entries = {
+            domain: {k: v for k, v in entry.items() if k in existing.get(domain, entry)}
+            if isinstance(entry, dict) else entry
+            for domain, entry in entries.items()
+        }
         if existing != entries:
-            changed = sorted(k for k in set(existing) | set(entries) if existing.get(k) != entries.get(k))
+            changed = []
+            for domain in sorted(set(existing) | set(entries)):
+                before, now = existing.get(domain), entries.get(domain)
+                if before != now:
+                    fields = sorted(k for k in set(before or {}) | set(now or {})
+                                    if (before or {}).get(k) != (now or {}).get(k))
+                    changed.append(f"{domain} ({', '.join(fields)})"
+                                   if before and now else domain)
             raise DatasetError(
-                f"{path}: the labelled subset differs from the one this run started with "
-                f"(domains: {', '.join(changed)}); the data or seed changed, use a new run directory"
+                f"{path}: the data or labelled subset differs from the one this run started "
+                f"with (domains: {'; '.join(changed)}); the data or seed changed, use a new "
+                "run directory"
             )
         return
     write_json_atomic(path, entries)

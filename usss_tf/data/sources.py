@@ -9,6 +9,9 @@ mid-run (see `usss_tf.data.checks` for what is checked, how deep, and why).
 ``data.on_broken`` decides what a broken example does: ``stop`` (default)
 ends the run with a message naming the file(s); ``skip`` leaves the example
 out, and the run's ``manifest.json`` records how many were skipped and which.
+The manifest also records each domain's folder and a fingerprint of its
+splits (`usss_tf.data.identity`), so a resumed run or an evaluation knows
+whether it reads the data the run saw.
 """
 
 import dataclasses
@@ -16,7 +19,7 @@ import pathlib
 
 from usss_tf import domains as domain_registry
 from usss_tf.config import ON_BROKEN
-from usss_tf.data import checks, readers
+from usss_tf.data import checks, identity, readers
 from usss_tf.data.pipeline import split_labeled
 from usss_tf.errors import ConfigError, DatasetError
 
@@ -38,6 +41,8 @@ class DomainInputs:
     val: list
     skipped: list = dataclasses.field(default_factory=list)
     on_broken: str = "stop"
+    splits: dict = dataclasses.field(default_factory=dict)  # split name -> fingerprint
+
 
     def manifest_entry(self):
         entry = {
@@ -45,6 +50,7 @@ class DomainInputs:
             "labeled": [e.key for e in self.labeled],
             "unlabeled": len(self.unlabeled),
             "val": len(self.val),
+            "splits": self.splits,
         }
         # Only under skip, so manifests of runs that never skip keep their
         # content (a resumed run compares its manifest with the saved one).
@@ -90,6 +96,45 @@ def resolve_root(domain_config, index, echo=None, splits=None):
             f"not found: {root}{hint}"
         )
     return root.resolve()
+
+
+def run_root(domain_config, index, entry, splits, echo=None):
+    """The folder a finished run's domain is read from again (evaluation, export checks).
+
+    ``entry`` is the domain's entry of the run's ``manifest.json`` (or None).
+    A relative ``root`` in the config means the folder it named where the run
+    was trained: the folder the run recorded is used while it exists, so the
+    figures do not depend on the working directory of the command. Otherwise
+    (an absolute ``root``, which may have been edited to point at moved data;
+    the recorded folder gone; a TFDS source) the config's ``root`` is
+    resolved as training resolved it, with a note when that is not the
+    recorded folder.
+    """
+    recorded = (entry or {}).get("root")
+    relative = not pathlib.Path(domain_config.root).expanduser().is_absolute()
+    if (recorded and relative and getattr(domain_config, "source", "folder") != "tfds"
+            and pathlib.Path(recorded).is_dir()):
+        return pathlib.Path(recorded)
+    root = resolve_root(domain_config, index, echo=echo, splits=splits)
+    if recorded and str(root) != recorded and echo is not None:
+        echo(f"note: domain '{domain_config.name}': the run read {recorded}; "
+             f"reading {root} now")
+    return root
+
+
+def split_as_run_saw(domain, root, split, entry):
+    """Whether ``split`` under ``root`` is the one the run saw: (True | False | None, reason).
+
+    None when the run recorded no fingerprint of that split (a split other
+    than its training and validation ones, or a run of an older version).
+    """
+    recorded = ((entry or {}).get("splits") or {}).get(split)
+    if recorded is None:
+        return None, ""
+    current = identity.fingerprint(readers.list_examples(domain, root, split, require_labels=False))
+    if current == recorded:
+        return True, ""
+    return False, identity.describe_change(recorded, current)
 
 
 class _Triage:
@@ -177,12 +222,13 @@ def prepare_domain(config, index, check=True, echo=None):
         labeled, unlabeled = split_labeled(train, d.labeled, config.seed, d.name, d.unlabeled)
         return DomainInputs(
             domain, root, d.scale, labeled, unlabeled, val[:max_val] if max_val else val,
-            on_broken=on_broken,
+            on_broken=on_broken, splits=_fingerprints(d, train, val),
         )
     triage = _Triage(domain, on_broken)
     train = readers.list_examples(domain, root, d.train_split, require_labels=False)
-    train = triage.keep(train, d.train_split)
     val = readers.list_examples(domain, root, d.val_split, require_labels=False)
+    splits = _fingerprints(d, train, val)
+    train = triage.keep(train, d.train_split)
     val = triage.first(
         sorted(val, key=lambda e: e.key), max_val or None, d.val_split, decode_labels=True
     )
@@ -199,8 +245,17 @@ def prepare_domain(config, index, check=True, echo=None):
             + checks.describe(triage.skipped, 3)
         )
     return DomainInputs(
-        domain, root, d.scale, labeled, unlabeled, val, skipped=triage.skipped, on_broken=on_broken
+        domain, root, d.scale, labeled, unlabeled, val, skipped=triage.skipped,
+        on_broken=on_broken, splits=splits,
     )
+
+
+def _fingerprints(domain_config, train, val):
+    """The fingerprints of the splits as listed, before any example is left out."""
+    return {
+        domain_config.train_split: identity.fingerprint(train),
+        domain_config.val_split: identity.fingerprint(val),
+    }
 
 
 def evaluation_examples(domain, root, split, on_broken="stop", echo=None):

@@ -1,0 +1,42 @@
+"""What data a run saw: a fingerprint of each split, recorded and checked.
+
+A run records, per domain, the folder it read (resolved to an absolute path)
+and a fingerprint of its training and validation splits in ``manifest.json``.
+A resumed run refuses data whose fingerprint changed, and ``usss-tf
+evaluate`` reads the recorded folder and says when the split it scores is not
+the one the run saw. Without this, a relative ``root`` resolved against
+another working directory (or a regenerated folder) silently scores the
+checkpoint on other images.
+
+The fingerprint covers every listed example's key and the byte sizes of its
+image and label files: cheap for any dataset size (no file is read), and it
+tells apart another dataset, a regenerated one, added or removed files and
+nearly any edit of an image or label (a PNG's compressed size changes with
+its content). An edit that keeps every file's size exactly is not caught.
+"""
+
+import hashlib
+import os
+
+
+def _size(path):
+    try:
+        return os.stat(path).st_size if path else -1
+    except OSError:
+        return -1
+
+
+def fingerprint(examples):
+    """``{"files": count, "sha256": hex}`` of ``examples`` (`readers.Example`s)."""
+    digest = hashlib.sha256()
+    for example in sorted(examples, key=lambda e: e.key):
+        line = f"{example.key}\t{_size(example.image)}\t{_size(example.label)}\n"
+        digest.update(line.encode())
+    return {"files": len(examples), "sha256": digest.hexdigest()}
+
+
+def describe_change(recorded, current):
+    """One phrase on how fingerprint ``current`` differs from ``recorded``."""
+    if recorded["files"] != current["files"]:
+        return f"{recorded['files']} files when the run saw it, {current['files']} now"
+    return f"the same {current['files']} file names, but other file contents"
