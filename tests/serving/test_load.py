@@ -61,6 +61,17 @@ def test_beyond_the_limit_both_front_ends_refuse_at_once(small_server, scene_png
     assert status == 200
 
 
+def test_a_refused_upload_gets_its_429_not_a_reset(small_server):
+    """The busy refusal reads the body it drops: a client still sending sees the 429."""
+    body = b"x" * (16 << 20)  # more than loopback's socket buffers hold
+    with small_server.api.admission.slot():
+        connection = http.client.HTTPConnection("127.0.0.1", small_server.rest_port, timeout=60)
+        connection.request("POST", f"/v1/models/{MODEL}:predict", body=body)
+        response = connection.getresponse()
+        assert response.status == 429 and b"busy" in response.read()
+        assert response.getheader("Connection") == "close"
+
+
 def _samples(text):
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}

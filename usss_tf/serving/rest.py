@@ -79,6 +79,23 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _discard_body(self, length):
+        """Reads and drops a refused request's body, then marks the connection to close.
+
+        A client still sending when the server closes would see a reset
+        instead of the refusal. Bodies up to 4x the size limit are read in
+        64 KiB chunks (no buffer is kept; a stalled client is cut off by
+        ``timeout``); a larger one is not read at all.
+        """
+        if length <= 4 * self.server.max_body_bytes:
+            remaining = length
+            while remaining > 0:
+                chunk = self.rfile.read(min(remaining, 1 << 16))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+        self.close_connection = True
+
     def _route(self):
         match = _ROUTE.match(self.path.split("?", 1)[0])
         if match is None:
@@ -128,22 +145,13 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
             return
         limit = self.server.max_body_bytes
         if self.server.api.admission.full():
-            # Refused before its body is read: a burst of connections costs no buffers.
+            # Refused without keeping its body: a burst of connections costs no buffers.
             self.server.api.metrics.count(self._model_name(), "RESOURCE_EXHAUSTED")
-            self.close_connection = True
+            self._discard_body(length)
             self._send_json(429, {"error": "server busy: every request slot is taken; retry later"})
             return
         if length > limit:
-            # Read and drop a body up to 4x the limit before answering: a client
-            # still sending would otherwise see a reset instead of the 413.
-            if length <= 4 * limit:
-                remaining = length
-                while remaining > 0:
-                    chunk = self.rfile.read(min(remaining, 1 << 20))
-                    if not chunk:
-                        break
-                    remaining -= len(chunk)
-            self.close_connection = True
+            self._discard_body(length)
             self._send_json(413, {"error": f"request body of {length} bytes is over the limit of "
                                            f"{limit} bytes (usss-tf serve --max-message-mb)"})
             return
