@@ -39,4 +39,4 @@ def describe_change(recorded, current):
     """One phrase on how fingerprint ``current`` differs from ``recorded``."""
     if recorded["files"] != current["files"]:
         return f"{recorded['files']} files when the run saw it, {current['files']} now"
-    return f"the same {current['files']} file names, but other file contents"
+    return f"{current['files']} files as when the run saw it, but other names or sizes"

@@ -43,7 +43,6 @@ class DomainInputs:
     on_broken: str = "stop"
     splits: dict = dataclasses.field(default_factory=dict)  # split name -> fingerprint
 
-
     def manifest_entry(self):
         entry = {
             "root": str(self.root),
