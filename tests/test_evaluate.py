@@ -173,10 +173,18 @@ def test_a_relative_root_is_the_folder_the_run_read_whatever_the_working_directo
     results = evaluate.evaluate_run(run, domains=["synth_camvid"])
     assert results["synth_camvid"]["data"] == {
         "root": str(tmp_path / "trained_here" / "data" / "synth_camvid"),
-        "split": "val", "as_run_saw": True}
+        "split": "val", "matches_run": True}
     assert not (elsewhere / "data").exists()
     expected = json.loads((tiny_run / "metrics.json").read_text())
     assert results["synth_camvid"]["miou"] == pytest.approx(expected["synth_camvid"]["miou"])
+    # A relative root edited to name other data is that data, from where the command runs.
+    shutil.copytree(tmp_path / "trained_here" / "data", elsewhere / "edited")
+    config = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(config.replace("data/synth_camvid", "edited/synth_camvid"))
+    notes = []
+    results = evaluate.evaluate_run(run, domains=["synth_camvid"], echo=notes.append)
+    assert results["synth_camvid"]["data"]["root"] == str(elsewhere / "edited" / "synth_camvid")
+    assert any(f"reading {elsewhere / 'edited' / 'synth_camvid'} now" in n for n in notes), notes
 
 
 def test_evaluation_says_when_the_split_is_not_the_one_the_run_saw(tiny_run, tmp_path, monkeypatch):
@@ -185,18 +193,25 @@ def test_evaluation_says_when_the_split_is_not_the_one_the_run_saw(tiny_run, tmp
     manifest = json.loads((run / "manifest.json").read_text())
     manifest["synth_camvid"]["root"] = str(tmp_path / "moved_away")
     (run / "manifest.json").write_text(json.dumps(manifest))
-    val = base / "data" / "synth_camvid"
-    for path in sorted((val / "val").glob("*.png"))[:1] + sorted((val / "valannot").glob("*.png"))[:1]:
-        path.unlink()
+    domain_root = base / "data" / "synth_camvid"
+    for folder in ("val", "valannot"):
+        sorted((domain_root / folder).glob("*.png"))[0].unlink()
     monkeypatch.chdir(base)  # the recorded folder is gone: the config's root, from here
     notes = []
     results = evaluate.evaluate_run(run, domains=["synth_camvid"], echo=notes.append)
     assert results["synth_camvid"]["data"] == {
-        "root": str(val), "split": "val", "as_run_saw": False}
+        "root": str(domain_root), "split": "val", "matches_run": False}
     assert results["synth_camvid"]["num_images"] == 2
     assert any(f"the run read {tmp_path / 'moved_away'}" in n for n in notes), notes
     assert any("warning: domain 'synth_camvid': split 'val'" in n
                and "3 files when the run saw it, 2 now" in n for n in notes), notes
-    # A split the run did not record (its training split is recorded too).
+    # The training split, untouched, is recorded too.
     results = evaluate.evaluate_run(run, split="train", domains=["synth_camvid"])
-    assert results["synth_camvid"]["data"]["as_run_saw"] is True
+    assert results["synth_camvid"]["data"]["matches_run"] is True
+    # A run of an older version recorded no fingerprints: nothing to compare, no warning.
+    del manifest["synth_camvid"]["splits"]
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    notes = []
+    results = evaluate.evaluate_run(run, domains=["synth_camvid"], echo=notes.append)
+    assert results["synth_camvid"]["data"]["matches_run"] is None
+    assert not any("warning" in n for n in notes), notes

@@ -164,9 +164,10 @@ def evaluate_run(run_dir, split="val", domains=None, batch_size=None, prediction
     what evaluation measured. A checkpoint's figures of a domain whose classes
     correspond to another domain's also have ``transfer``
     (``usss_tf.transfer.evaluate_transfer``). Each domain's ``data`` says
-    which folder and split were scored and whether they are the ones the run
-    saw (``sources.split_as_run_saw``); the folder is the one the run
-    recorded (``sources.run_root``), whatever the working directory.
+    which folder and split were scored and whether they match the run's
+    fingerprint of that split (``sources.split_matches_run``); a relative
+    ``root`` is read from the folder the run recorded (``sources.run_root``),
+    whatever the working directory.
     """
     run_dir = pathlib.Path(run_dir)
     config = runs.read_config(run_dir)
@@ -191,10 +192,11 @@ def evaluate_run(run_dir, split="val", domains=None, batch_size=None, prediction
     for index, domain_config in selected:
         domain = domain_registry.get_domain(domain_config.name)
         split_name = _split_name(domain_config, split)
-        entry = manifest.get(domain.name)
+        entry = manifest.get(domain.name) or RunDir(run_dir, writable=False).supervised(
+            domain.name).read_json(MANIFEST, {}).get(domain.name)  # a supervised run's export
         root = sources.run_root(domain_config, index, entry, (split_name,), echo=echo)
-        as_run_saw, change = sources.split_as_run_saw(domain, root, split_name, entry)
-        if as_run_saw is False and echo:
+        matches_run, change = sources.split_matches_run(domain, root, split_name, entry)
+        if matches_run is False and echo:
             echo(f"warning: domain '{domain.name}': split '{split_name}' in {root} is not the "
                  f"one the run saw ({change}); these figures are not comparable with the run's")
         examples = sources.evaluation_examples(
@@ -208,7 +210,7 @@ def evaluate_run(run_dir, split="val", domains=None, batch_size=None, prediction
             predictor=predictors.get(domain.name),
         )
         results[domain.name]["data"] = {
-            "root": str(root), "split": split_name, "as_run_saw": as_run_saw}
+            "root": str(root), "split": split_name, "matches_run": matches_run}
         if model is not None:
             transferred = transfer.evaluate_transfer(
                 model, domain, examples, batch_size,

@@ -10,9 +10,13 @@ checkpoint on other images.
 
 The fingerprint covers every listed example's key and the byte sizes of its
 image and label files: cheap for any dataset size (no file is read), and it
-tells apart another dataset, a regenerated one, added or removed files and
-nearly any edit of an image or label (a PNG's compressed size changes with
-its content). An edit that keeps every file's size exactly is not caught.
+tells apart another dataset, a regenerated one and added or removed files.
+An edit of an image or label is caught when it changes the file's size (a
+PNG's compressed size usually changes with its content), not when a few
+pixels change and the size happens to stay. The same pixels written again
+by another PNG encoder (another Pillow or zlib) can have other sizes and
+count as other data; an existing synthetic folder is never rewritten, so
+that takes deliberately regenerating it.
 """
 
 import hashlib

@@ -58,21 +58,26 @@ def split_labeled(examples, num_labeled, seed, domain_name, num_unlabeled=None):
     return labeled, unlabeled
 
 
+# Manifest fields that runs of older versions do not have (the splits' fingerprints).
+_FIELDS_ADDED_LATER = frozenset({"splits"})
+
+
 def write_manifest(path, entries):
     """Writes the labelled-subset manifest, or checks it matches an existing one.
 
     ``entries`` maps domain -> {"root", "labeled": [keys], "unlabeled": count,
     "splits": fingerprints, ...}. A different manifest in the same run
     directory means the data or the seed changed under a run being resumed:
-    that is an error, not a silent change of the experiment. A field that the
-    existing manifest lacks (written by an older version) is not compared.
+    that is an error, not a silent change of the experiment. A field added to
+    the manifest since (``_FIELDS_ADDED_LATER``) is not compared when the
+    existing manifest, written by an older version, lacks it.
     """
     path = pathlib.Path(path)
     if path.exists():
         existing = json.loads(path.read_text())
         entries = {
-            domain: {k: v for k, v in entry.items() if k in existing.get(domain, entry)}
-            if isinstance(entry, dict) else entry
+            domain: {k: v for k, v in entry.items()
+                     if k not in _FIELDS_ADDED_LATER or k in existing.get(domain, entry)}
             for domain, entry in entries.items()
         }
         if existing != entries:

@@ -98,22 +98,25 @@ def resolve_root(domain_config, index, echo=None, splits=None):
 
 
 def run_root(domain_config, index, entry, splits, echo=None):
-    """The folder a finished run's domain is read from again (evaluation, export checks).
+    """The folder a finished run's domain is read from again (``usss-tf evaluate``).
 
     ``entry`` is the domain's entry of the run's ``manifest.json`` (or None).
-    A relative ``root`` in the config means the folder it named where the run
-    was trained: the folder the run recorded is used while it exists, so the
-    figures do not depend on the working directory of the command. Otherwise
-    (an absolute ``root``, which may have been edited to point at moved data;
-    the recorded folder gone; a TFDS source) the config's ``root`` is
-    resolved as training resolved it, with a note when that is not the
-    recorded folder.
+    A relative ``root`` in the config names a folder relative to where the
+    run was trained: while the folder the run recorded exists and ends with
+    that relative path, it is used, so the figures do not depend on the
+    working directory of the command. Otherwise (an absolute ``root``, or a
+    relative one edited to name other data; the recorded folder gone; a TFDS
+    source) the config's ``root`` is resolved as training resolved it, with
+    a note when that is not the recorded folder.
     """
     recorded = (entry or {}).get("root")
-    relative = not pathlib.Path(domain_config.root).expanduser().is_absolute()
-    if (recorded and relative and getattr(domain_config, "source", "folder") != "tfds"
+    relative = pathlib.PurePath(domain_config.root)
+    if (recorded and not relative.is_absolute() and not domain_config.root.startswith("~")
+            and getattr(domain_config, "source", "folder") != "tfds"
             and pathlib.Path(recorded).is_dir()):
-        return pathlib.Path(recorded)
+        wanted = tuple(p for p in relative.parts if p != ".")
+        if ".." not in wanted and pathlib.PurePath(recorded).parts[-len(wanted):] == wanted:
+            return pathlib.Path(recorded)
     root = resolve_root(domain_config, index, echo=echo, splits=splits)
     if recorded and str(root) != recorded and echo is not None:
         echo(f"note: domain '{domain_config.name}': the run read {recorded}; "
@@ -121,8 +124,8 @@ def run_root(domain_config, index, entry, splits, echo=None):
     return root
 
 
-def split_as_run_saw(domain, root, split, entry):
-    """Whether ``split`` under ``root`` is the one the run saw: (True | False | None, reason).
+def split_matches_run(domain, root, split, entry):
+    """Whether ``split`` under ``root`` matches the run's fingerprint: (True | False | None, reason).
 
     None when the run recorded no fingerprint of that split (a split other
     than its training and validation ones, or a run of an older version).

@@ -79,22 +79,27 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _discard_body(self, length):
+    def _discard_body(self, length, cap):
         """Reads and drops a refused request's body, then marks the connection to close.
 
         A client still sending when the server closes would see a reset
-        instead of the refusal. Bodies up to 4x the size limit are read in
+        instead of the refusal. A body of at most ``cap`` bytes is read in
         64 KiB chunks (no buffer is kept; a stalled client is cut off by
-        ``timeout``); a larger one is not read at all.
+        ``timeout``); a larger one is not read at all. A client that gives up
+        meanwhile only ends its own connection.
         """
-        if length <= 4 * self.server.max_body_bytes:
-            remaining = length
+        self.close_connection = True
+        if length > cap:
+            return
+        remaining = length
+        try:
             while remaining > 0:
                 chunk = self.rfile.read(min(remaining, 1 << 16))
                 if not chunk:
                     break
                 remaining -= len(chunk)
-        self.close_connection = True
+        except OSError:
+            pass  # the client gave up; its connection is closed after the refusal
 
     def _route(self):
         match = _ROUTE.match(self.path.split("?", 1)[0])
@@ -147,11 +152,11 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
         if self.server.api.admission.full():
             # Refused without keeping its body: a burst of connections costs no buffers.
             self.server.api.metrics.count(self._model_name(), "RESOURCE_EXHAUSTED")
-            self._discard_body(length)
+            self._discard_body(length, cap=limit)  # while saturated: at most one request's worth
             self._send_json(429, {"error": "server busy: every request slot is taken; retry later"})
             return
         if length > limit:
-            self._discard_body(length)
+            self._discard_body(length, cap=4 * limit)
             self._send_json(413, {"error": f"request body of {length} bytes is over the limit of "
                                            f"{limit} bytes (usss-tf serve --max-message-mb)"})
             return
