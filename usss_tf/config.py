@@ -232,17 +232,12 @@ class ConsistencyConfig:
     # On by default: better than one threshold in 10 of 12 seed-paired synthetic
     # runs, one tie, one -1.0 (docs/RESULTS.md, "Class-adaptive thresholds").
     class_adaptive_threshold: bool = True
-    # Negative learning (NLNL / UPS): above 0, the unlabelled pixels of the
-    # feature and copy-paste streams learn "not class k" for every class whose
-    # weak-view probability is below this, instead of their argmax pseudo-label.
-    negative_below: float = 0.0
     color_jitter: float = 0.8  # Probability of colour jitter on the strong view.
     grayscale: float = 0.2
     blur: float = 0.5
 
     def validate(self, key="consistency"):
-        for name in ("threshold", "cutmix", "color_jitter", "grayscale", "blur", "alignment_strength",
-                     "negative_below"):
+        for name in ("threshold", "cutmix", "color_jitter", "grayscale", "blur", "alignment_strength"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"key '{key}.{name}': must be in [0, 1], got {value}")

@@ -80,24 +80,6 @@ def pseudo_label_cross_entropy(pseudo_labels, confidence, valid, logits, thresho
     return replica_mean(tf.reduce_sum(per_pixel * confident), tf.reduce_sum(valid))
 
 
-def negative_label_loss(probabilities, valid, logits, below, keep=None):
-    """Negative learning: -log(1 - p_k) for each class k whose target probability is below ``below``.
-
-    Summed over those classes and the valid pixels, divided by the valid
-    pixels (``replica_mean``). ``keep`` (float [B, H, W], optional) masks pixels out.
-    """
-    logits = tf.cast(logits, tf.float32)
-    valid = tf.cast(valid, tf.float32)
-    if keep is not None:
-        valid_used = valid * tf.cast(keep, tf.float32)
-    else:
-        valid_used = valid
-    negatives = tf.cast(probabilities < below, tf.float32)
-    log_not = tf.math.log(tf.clip_by_value(1.0 - tf.nn.softmax(logits), 1e-6, 1.0))
-    per_pixel = -tf.reduce_sum(negatives * log_not, axis=-1)
-    return replica_mean(tf.reduce_sum(per_pixel * valid_used), tf.reduce_sum(valid))
-
-
 def _replica_sum(value):
     """``value`` summed over the replicas in sync (itself with one replica)."""
     context = tf.distribute.get_replica_context()

@@ -297,26 +297,14 @@ class Objective:
             pasted_labels = tf.cast(batch["pasted_labels"], tf.int32)
             mask = pasted_labels != IGNORE_LABEL
             targets = tf.where(mask, pasted_labels, pseudo_labels)
-            pasted_logits = model.decode(pasted_features, domain, size)
-            if c.negative_below > 0:
-                terms[f"consistency_paste/{domain}"] = losses.pseudo_label_cross_entropy(
-                    targets, tf.where(mask, 1.0, 0.0), tf.where(mask, 1.0, valid),
-                    pasted_logits, 0.5) + losses.negative_label_loss(
-                    probabilities, valid, pasted_logits, c.negative_below,
-                    keep=1.0 - tf.cast(mask, tf.float32))
-            else:
-                terms[f"consistency_paste/{domain}"] = losses.pseudo_label_cross_entropy(
-                    targets, tf.where(mask, 1.0, confidence), tf.where(mask, 1.0, valid),
-                    pasted_logits, thresholds(targets))
+            terms[f"consistency_paste/{domain}"] = losses.pseudo_label_cross_entropy(
+                targets, tf.where(mask, 1.0, confidence), tf.where(mask, 1.0, valid),
+                model.decode(pasted_features, domain, size), thresholds(targets))
         if w["consistency_feature"] > 0:
             perturbed = channel_dropout(weak_features, c.feature_dropout, batch["unlabeled_seed"])
-            feature_logits = model.decode(perturbed, domain, size)
-            if c.negative_below > 0:
-                terms[f"consistency_feature/{domain}"] = losses.negative_label_loss(
-                    probabilities, valid, feature_logits, c.negative_below)
-            else:
-                terms[f"consistency_feature/{domain}"] = losses.pseudo_label_cross_entropy(
-                    pseudo_labels, confidence, valid, feature_logits, thresholds(pseudo_labels))
+            terms[f"consistency_feature/{domain}"] = losses.pseudo_label_cross_entropy(
+                pseudo_labels, confidence, valid, model.decode(perturbed, domain, size),
+                thresholds(pseudo_labels))
         return terms
 
     def total(self, terms):
