@@ -25,7 +25,7 @@ from PIL import Image
 from usss_tf import domains as domain_registry
 from usss_tf import metrics as metrics_lib
 from usss_tf import inference, method, runs, transfer
-from usss_tf.data import sources
+from usss_tf.data import readers, sources
 from usss_tf.errors import ConfigError, UnknownDomainError
 from usss_tf.run_dir import MANIFEST, RunDir, write_json_atomic
 
@@ -187,20 +187,22 @@ def evaluate_run(run_dir, split="val", domains=None, batch_size=None, prediction
             echo(f"note: {run_dir} has not finished; evaluating its {loaded.stage} checkpoint")
         model, predictors = loaded.model, {}
     batch_size = batch_size or config.data.eval_batch_size
-    manifest = RunDir(run_dir, writable=False).read_json(MANIFEST, {})
+    run = RunDir(run_dir, writable=False)
+    manifest = run.read_json(MANIFEST, {})
     results = {}
     for index, domain_config in selected:
         domain = domain_registry.get_domain(domain_config.name)
         split_name = _split_name(domain_config, split)
-        entry = manifest.get(domain.name) or RunDir(run_dir, writable=False).supervised(
-            domain.name).read_json(MANIFEST, {}).get(domain.name)  # a supervised run's export
+        entry = manifest.get(domain.name) or run.supervised(domain.name).read_json(
+            MANIFEST, {}).get(domain.name)  # a supervised run's export: its sub-runs' manifests
         root = sources.run_root(domain_config, index, entry, (split_name,), echo=echo)
-        matches_run, change = sources.split_matches_run(domain, root, split_name, entry)
+        listed = readers.list_examples(domain, root, split_name, require_labels=False)
+        matches_run, change = sources.split_matches_run(listed, split_name, entry)
         if matches_run is False and echo:
             echo(f"warning: domain '{domain.name}': split '{split_name}' in {root} is not the "
                  f"one the run saw ({change}); these figures are not comparable with the run's")
         examples = sources.evaluation_examples(
-            domain, root, split_name, getattr(config.data, "on_broken", "stop"), echo=echo)
+            domain, listed, split_name, getattr(config.data, "on_broken", "stop"), echo=echo)
         started = time.perf_counter()
         out = pathlib.Path(predictions_dir) / domain.name if predictions_dir else None
         results[domain.name] = evaluate_domain(

@@ -124,16 +124,18 @@ def run_root(domain_config, index, entry, splits, echo=None):
     return root
 
 
-def split_matches_run(domain, root, split, entry):
-    """Whether ``split`` under ``root`` matches the run's fingerprint: (True | False | None, reason).
+def split_matches_run(listed, split, entry):
+    """Whether ``split``, as ``listed`` now, matches the run's fingerprint: (True | False | None, reason).
 
-    None when the run recorded no fingerprint of that split (a split other
-    than its training and validation ones, or a run of an older version).
+    ``listed`` is the split's examples as the reader lists them
+    (``require_labels=False``, before any check). None when the run recorded
+    no fingerprint of that split (a split other than its training and
+    validation ones, or a run of an older version).
     """
     recorded = ((entry or {}).get("splits") or {}).get(split)
     if recorded is None:
         return None, ""
-    current = identity.fingerprint(readers.list_examples(domain, root, split, require_labels=False))
+    current = identity.fingerprint(listed)
     if current == recorded:
         return True, ""
     return False, identity.describe_change(recorded, current)
@@ -260,17 +262,17 @@ def _fingerprints(domain_config, train, val):
     }
 
 
-def evaluation_examples(domain, root, split, on_broken="stop", echo=None):
+def evaluation_examples(domain, listed, split, on_broken="stop", echo=None):
     """Every labelled example of ``split`` for evaluation, triaged as training triages.
 
+    ``listed`` is the split as the reader lists it (``require_labels=False``).
     Under ``data.on_broken: skip`` the examples that fail the checks
     (validation's depth: headers, and labels decoded) are left out and
     counted, so a run trained with broken files skipped evaluates on the same
     usable files; under ``stop`` a broken one is an error naming the file.
     """
     triage = _Triage(domain, on_broken)
-    examples = readers.list_examples(domain, root, split, require_labels=False)
-    kept = triage.keep(sorted(examples, key=lambda e: e.key), split, decode_labels=True)
+    kept = triage.keep(sorted(listed, key=lambda e: e.key), split, decode_labels=True)
     if triage.skipped and echo is not None:
         echo(f"[data] {domain.name}: skipped {len(triage.skipped)} broken example(s) of split "
              f"'{split}' (data.on_broken: skip): " + checks.describe(triage.skipped, 3))
