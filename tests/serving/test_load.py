@@ -101,6 +101,23 @@ def test_metrics_count_a_known_mix_of_requests(small_server, scene_pngs):
     assert samples[("usss_serving_inflight_requests", ())] == 0
 
 
+def test_made_up_model_names_share_one_series(small_server, scene_pngs):
+    """Each label value is a series kept for the server's life: names it does not serve are
+    counted under model_name="", however many a client sends."""
+    stub = _stub(small_server)
+    for index in range(20):
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Predict(predict_request(scene_pngs[:1], model=f"made-up-{index}"), timeout=60)
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+        assert _rest(small_server, "POST", f"/v1/models/other-{index}:predict", {"instances": []})[0] == 404
+    samples = _samples(_rest(small_server, "GET", METRICS_PATH)[1].decode())
+    names = {dict(labels)["model_name"] for _, labels in samples if "model_name" in dict(labels)}
+    assert names <= {MODEL, ""}, names
+    assert samples[(":tensorflow:serving:request_count", (("model_name", ""), ("status", "NOT_FOUND")))] == 40
+    latency = ":tensorflow:serving:request_latency_count"
+    assert samples[(latency, (("API", "predict"), ("entrypoint", "REST"), ("model_name", "")))] == 20
+
+
 def test_without_monitoring_there_is_no_metrics_page(exported):
     with ModelServer(exported.parent, port=0, rest_port=0) as server:
         assert _rest(server, "GET", METRICS_PATH)[0] == 404

@@ -13,6 +13,12 @@ written by ``prometheus_client``:
   ``predict``, entrypoint ``GRPC`` or ``REST``;
 * ``usss_serving_loaded_versions{model_name}``, ``usss_serving_inflight_requests``
   and ``usss_serving_queued_requests``: what the server holds right now.
+
+``model_name`` is the request's model only when the server serves a model of
+that name; any other name (a typo, a malformed path, a client trying names)
+counts under ``model_name=""``. Every label value would otherwise be a new
+series kept for the server's life: requests with made-up names would grow its
+memory without bound.
 """
 
 import collections
@@ -94,14 +100,19 @@ class ServingMetrics:
             raise
         finally:
             self.count(model_name, status)
-            self.latency.labels(model_name or "", api, entrypoint).observe(
+            self.latency.labels(self._label(model_name), api, entrypoint).observe(
                 (time.perf_counter() - started) * 1e6)
 
     def count(self, model_name, status):
         """Counts one Predict request under ``status``; alone, for one refused before it ran
         (the server shutting down, every slot taken), which has no latency to time."""
+        label = self._label(model_name)
         with self.lock:
-            self.counts[(model_name or "", status)] += 1
+            self.counts[(label, status)] += 1
+
+    def _label(self, model_name):
+        """``model_name`` if the server serves it, else "": one series for every other name."""
+        return model_name if model_name and model_name in self.loaded_versions() else ""
 
     def exposition(self):
         """The Prometheus text-format page (bytes)."""
