@@ -176,6 +176,29 @@ def test_missing_manual_zips_name_the_files(tmp_path):
     assert str(manual / "gtFine_trainvaltest.zip") in message
 
 
+def test_a_run_is_evaluated_on_its_materialised_folder_from_any_directory(prepared, tmp_path,
+                                                                         monkeypatch):
+    """A relative TFDS root resolves against the working directory: evaluation reads the
+    folder the run recorded instead of preparing TFDS again where it happens to run."""
+    data_dir, _, _, root = prepared
+    monkeypatch.chdir(data_dir.parent)
+    config = config_lib.config_from_dict({
+        "domains": [{"name": "cityscapes", "source": "tfds", "root": data_dir.name, "labeled": 2}],
+        "data": {"crop": [16, 32]},
+    })
+    domain_config = config.domains[0]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    notes = []
+    entry = {"root": str(root)}
+    assert sources.run_root(domain_config, 0, entry, ("val",), echo=notes.append) == root
+    assert notes == [] and list(elsewhere.iterdir()) == []  # nothing prepared here
+    # A split the run never materialised is prepared as training would (here: no zips, so it fails).
+    with pytest.raises(DatasetError, match="manual"):
+        sources.run_root(domain_config, 0, entry, ("test",), echo=notes.append)
+
+
 def test_unknown_split_is_named(prepared):
     data_dir, manual_dir, _, _ = prepared
     with pytest.raises(DatasetError, match="split 'extra' is not in TFDS cityscapes"):

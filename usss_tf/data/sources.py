@@ -102,26 +102,38 @@ def run_root(domain_config, index, entry, splits, echo=None):
 
     ``entry`` is the domain's entry of the run's ``manifest.json`` (or None).
     A relative ``root`` in the config names a folder relative to where the
-    run was trained: while the folder the run recorded exists and ends with
-    that relative path, it is used, so the figures do not depend on the
-    working directory of the command. Otherwise (an absolute ``root``, or a
-    relative one edited to name other data; the recorded folder gone; a TFDS
-    source) the config's ``root`` is resolved as training resolved it, with
-    a note when that is not the recorded folder.
+    run was trained: while the folder the run recorded exists and is that
+    relative path's (for a TFDS source: materialised under that data_dir,
+    with ``splits`` complete), it is used, so the figures do not depend on
+    the working directory of the command. Otherwise (an absolute ``root``,
+    or a relative one edited to name other data; the recorded folder gone)
+    the config's ``root`` is resolved as training resolved it, with a note
+    when that is not the recorded folder.
     """
     recorded = (entry or {}).get("root")
-    relative = pathlib.PurePath(domain_config.root)
-    if (recorded and not relative.is_absolute() and not domain_config.root.startswith("~")
-            and getattr(domain_config, "source", "folder") != "tfds"
-            and pathlib.Path(recorded).is_dir()):
-        wanted = tuple(p for p in relative.parts if p != ".")
-        if ".." not in wanted and pathlib.PurePath(recorded).parts[-len(wanted):] == wanted:
-            return pathlib.Path(recorded)
+    if recorded and _is_recorded_relative_root(domain_config, recorded, splits):
+        return pathlib.Path(recorded)
     root = resolve_root(domain_config, index, echo=echo, splits=splits)
     if recorded and str(root) != recorded and echo is not None:
         echo(f"note: domain '{domain_config.name}': the run read {recorded}; "
              f"reading {root} now")
     return root
+
+
+def _is_recorded_relative_root(domain_config, recorded, splits):
+    """Whether ``recorded`` is the folder the config's relative ``root`` named when the run trained."""
+    relative = pathlib.PurePath(domain_config.root)
+    if relative.is_absolute() or domain_config.root.startswith("~"):
+        return False
+    if getattr(domain_config, "source", "folder") == "tfds":
+        from usss_tf.data import tfds_source
+
+        named = tfds_source.materialized_data_dir(recorded, splits)
+    else:
+        named = pathlib.Path(recorded) if pathlib.Path(recorded).is_dir() else None
+    wanted = tuple(p for p in relative.parts if p != ".")
+    return (named is not None and bool(wanted) and ".." not in wanted
+            and named.parts[-len(wanted):] == wanted)
 
 
 def split_matches_run(listed, split, entry):

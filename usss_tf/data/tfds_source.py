@@ -66,6 +66,19 @@ def cache_dir(data_dir, builder_name, version) -> pathlib.Path:
     return pathlib.Path(data_dir).expanduser().absolute() / "usss_tf" / builder_name / str(version)
 
 
+def materialized_data_dir(root, splits):
+    """The TFDS data_dir of a materialised ``root`` (``cache_dir``) holding every split of
+    ``splits`` complete; None when ``root`` is not one or lacks a split."""
+    root = pathlib.Path(root)
+    parts = root.parts
+    if "usss_tf" not in parts[:-1] or not root.is_dir():
+        return None
+    if not all((root / _MARKER.format(split=split)).is_file() for split in splits):
+        return None
+    last = len(parts) - 1 - parts[::-1].index("usss_tf")
+    return pathlib.Path(*parts[:last])
+
+
 @contextlib.contextmanager
 def _locked(folder):
     folder.mkdir(parents=True, exist_ok=True)
