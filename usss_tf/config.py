@@ -189,7 +189,6 @@ class LossConfig:
     consistency_strong: float = 0.0
     consistency_feature: float = 0.25
     consistency_paste: float = 0.25
-    contrastive: float = 0.0
 
     def validate(self, key="loss"):
         for name, value in dataclasses.asdict(self).items():
@@ -236,7 +235,6 @@ class ConsistencyConfig:
     color_jitter: float = 0.8  # Probability of colour jitter on the strong view.
     grayscale: float = 0.2
     blur: float = 0.5
-    contrastive_temperature: float = 0.2
 
     def validate(self, key="consistency"):
         for name in ("threshold", "cutmix", "color_jitter", "grayscale", "blur", "alignment_strength"):

@@ -80,31 +80,6 @@ def pseudo_label_cross_entropy(pseudo_labels, confidence, valid, logits, thresho
     return replica_mean(tf.reduce_sum(per_pixel * confident), tf.reduce_sum(valid))
 
 
-def dense_contrastive(queries, positives, keys, key_labels, query_classes, query_valid, key_valid,
-                      temperature):
-    """Pixel InfoNCE: each query's positive is its own key; negatives are keys of other classes.
-
-    Args:
-      queries: float [M, D] unit-norm embeddings of the strong view.
-      positives: float [M, D] unit-norm embeddings of the weak view at the same pixels.
-      keys: float [N, D] the weak view's embeddings (negatives where their class differs).
-      key_labels: int [M] the weak view's predicted class of each key.
-      query_classes: int [M] the predicted class of each query's positive.
-      query_valid, key_valid: float [M].
-      temperature: softmax temperature.
-    """
-    queries = tf.cast(queries, tf.float32)
-    keys = tf.stop_gradient(tf.cast(keys, tf.float32))
-    positives = tf.stop_gradient(tf.cast(positives, tf.float32))
-    positive = tf.reduce_sum(queries * positives, -1) / temperature
-    logits = tf.matmul(queries, keys, transpose_b=True) / temperature
-    negative = tf.logical_and(key_labels[None, :] != query_classes[:, None], key_valid[None, :] > 0)
-    logits = tf.where(negative, logits, -1e9)
-    per_query = tf.reduce_logsumexp(tf.concat([positive[:, None], logits], 1), 1) - positive
-    valid = tf.cast(query_valid, tf.float32)
-    return replica_mean(tf.reduce_sum(per_query * valid), tf.reduce_sum(valid))
-
-
 def _replica_sum(value):
     """``value`` summed over the replicas in sync (itself with one replica)."""
     context = tf.distribute.get_replica_context()

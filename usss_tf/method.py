@@ -34,8 +34,8 @@ METHODS = config_lib.METHODS  # The names; the config validates against them.
 PRETRAIN, CENTROIDS, UNIVERSAL, SOURCE, TARGET = "pretrain", "centroids", "universal", "source", "target"
 
 LOSS_TERMS = ("supervised", "within_entropy", "cross_entropy", "embedding_supervision",
-              "consistency_strong", "consistency_feature", "consistency_paste", "contrastive")
-CONSISTENCY_TERMS = ("consistency_strong", "consistency_feature", "consistency_paste", "contrastive")
+              "consistency_strong", "consistency_feature", "consistency_paste")
+CONSISTENCY_TERMS = ("consistency_strong", "consistency_feature", "consistency_paste")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,11 +183,7 @@ class Objective:
 
     @property
     def uses_embedding(self):
-        return self.uses_entropy or self.weights["embedding_supervision"] > 0 or self.weights["contrastive"] > 0
-
-    @property
-    def uses_strong_view(self):
-        return self.weights["consistency_strong"] > 0 or self.weights["contrastive"] > 0
+        return self.uses_entropy or self.weights["embedding_supervision"] > 0
 
     def terms(self, model, batch, training=True):
         """Every weighted loss term for one batch, as a dict ``{term/domain: scalar}``.
@@ -214,7 +210,7 @@ class Objective:
             add((d, "labeled"), normalize(batch[d]["images"]))
             if self.uses_unlabeled and "unlabeled" in batch[d]:
                 add((d, "weak"), normalize(batch[d]["unlabeled"]))
-                if self.uses_strong_view:
+                if self.weights["consistency_strong"] > 0:
                     if "unlabeled_strong" not in batch[d]:
                         raise ValueError(f"domain {d!r}: consistency terms are on but the batch has no "
                                          "strong views (pipeline.train_dataset(consistency=...))")
@@ -230,8 +226,7 @@ class Objective:
         # Embeddings of the labelled images (embedding supervision) and, for the
         # entropy terms, of the weak views; strong views never need them.
         embedded = [i for (_, view), i in where.items()
-                    if view == "labeled" or (view == "weak" and self.uses_entropy)
-                    or (view in ("weak", "strong") and w["contrastive"] > 0)] if self.uses_embedding else []
+                    if view == "labeled" or (view == "weak" and self.uses_entropy)] if self.uses_embedding else []
         embeddings = dict(zip(embedded, tf.split(
             model.embed(tf.concat([features[i] for i in embedded], 0)),
             [sizes[i] for i in embedded], 0))) if embedded else {}
@@ -266,35 +261,7 @@ class Objective:
                 terms.update(self._consistency_terms(
                     model, d, batch[d], features[weak], None if strong is None else features[strong],
                     None if pasted is None else features[pasted]))
-            if w["contrastive"] > 0:
-                terms[f"contrastive/{d}"] = self._contrastive_term(
-                    model, d, batch[d], features[weak], embeddings[weak], embeddings[where[(d, "strong")]])
         return terms
-
-    def _contrastive_term(self, model, domain, batch, weak_features, weak_embedding, strong_embedding):
-        """Pixel InfoNCE between the strong view's embeddings and the weak view's at stride 8."""
-        shape = tf.shape(weak_embedding)
-        h, w = shape[1], shape[2]
-        classes = tf.argmax(model.decoder(domain)(weak_features), -1, output_type=tf.int32)
-        box = tf.image.resize(batch["cutmix_box"][..., None], [h, w], method="area")[..., 0]
-        valid = tf.image.resize(tf.cast(batch["unlabeled_valid"], tf.float32)[..., None], [h, w],
-                                method="area")[..., 0]
-        pure = tf.cast((box < 1e-3) | (box > 1 - 1e-3), tf.float32)
-        hard_box = tf.round(box)
-        positives = strong_views.paste_partner(tf.cast(weak_embedding, tf.float32), hard_box)
-        target_classes = tf.cast(strong_views.paste_partner(tf.cast(classes, tf.float32), hard_box), tf.int32)
-        target_valid = strong_views.paste_partner(valid, hard_box)
-        query_valid = tf.cast(target_valid > 1 - 1e-3, tf.float32) * pure
-        key_valid = tf.cast(valid > 1 - 1e-3, tf.float32)
-        dim = tf.shape(weak_embedding)[-1]
-        flat = lambda x: tf.reshape(x, [-1])
-        queries = tf.reshape(tf.cast(strong_embedding, tf.float32), [-1, dim])
-        # Positives: the pasted keys; negatives: every weak key of the batch of another class.
-        loss = losses.dense_contrastive(
-            queries, tf.reshape(positives, [-1, dim]), tf.reshape(tf.cast(weak_embedding, tf.float32), [-1, dim]),
-            flat(classes), flat(target_classes),
-            flat(query_valid), flat(key_valid), self.consistency.contrastive_temperature)
-        return loss
 
     def _consistency_terms(self, model, domain, batch, weak_features, strong_features, pasted_features):
         """The consistency terms of one domain (see the class docstring)."""

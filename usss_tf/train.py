@@ -165,7 +165,7 @@ class Experiment:
         def batches(first_step, num_steps):
             return pipeline.train_dataset(inputs, cfg.data, cfg.seed, first_step, num_steps,
                                           with_unlabeled=with_unlabeled, consistency=consistency,
-                                          strong_view=objective.uses_strong_view,
+                                          strong_view=objective.weights["consistency_strong"] > 0,
                                           copy_paste=objective.weights["consistency_paste"] > 0)
 
         try:
