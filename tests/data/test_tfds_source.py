@@ -9,6 +9,7 @@ checks what comes out end to end: the builder's own features, the
 materialised Cityscapes tree, and raw labelIds -> train ids in the pipeline.
 """
 
+import dataclasses
 import io
 import json
 import shutil
@@ -179,24 +180,30 @@ def test_missing_manual_zips_name_the_files(tmp_path):
 def test_a_run_is_evaluated_on_its_materialised_folder_from_any_directory(prepared, tmp_path,
                                                                          monkeypatch):
     """A relative TFDS root resolves against the working directory: evaluation reads the
-    folder the run recorded instead of preparing TFDS again where it happens to run."""
-    data_dir, _, _, root = prepared
-    monkeypatch.chdir(data_dir.parent)
+    folder the run recorded, and materialises a split it lacks there, never where it runs."""
+    data_dir, manual_dir, _, _ = prepared
+    trained_in = tmp_path / "trained_in"
+    shutil.copytree(data_dir, trained_in / "tfds")
+    root = tfds_source.cache_dir(trained_in / "tfds", "cityscapes/semantic_segmentation", "1.0.0")
     config = config_lib.config_from_dict({
-        "domains": [{"name": "cityscapes", "source": "tfds", "root": data_dir.name, "labeled": 2}],
+        "domains": [{"name": "cityscapes", "source": "tfds", "root": "tfds",
+                     "manual_dir": str(manual_dir), "labeled": 2}],
         "data": {"crop": [16, 32]},
     })
-    domain_config = config.domains[0]
+    domain_config, entry = config.domains[0], {"root": str(root)}
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     notes = []
-    entry = {"root": str(root)}
     assert sources.run_root(domain_config, 0, entry, ("val",), echo=notes.append) == root
-    assert notes == [] and list(elsewhere.iterdir()) == []  # nothing prepared here
-    # A split the run never materialised is prepared as training would (here: no zips, so it fails).
-    with pytest.raises(DatasetError, match="manual"):
-        sources.run_root(domain_config, 0, entry, ("test",), echo=notes.append)
+    assert notes == [] and list(elsewhere.iterdir()) == []
+    assert sources.run_root(domain_config, 0, entry, ("test",), echo=notes.append) == root
+    assert len(readers.list_examples("cityscapes", root, "test")) == 1
+    assert list(elsewhere.iterdir()) == []
+    # Not the data_dir the config names (another relative path): resolved as training would.
+    other = dataclasses.replace(domain_config, root="other")
+    assert sources.run_root(other, 0, entry, ("val",), echo=notes.append) != root
+    assert (elsewhere / "other").is_dir() and "the run read" in notes[-1]
 
 
 def test_unknown_split_is_named(prepared):

@@ -102,17 +102,21 @@ def run_root(domain_config, index, entry, splits, echo=None):
 
     ``entry`` is the domain's entry of the run's ``manifest.json`` (or None).
     A relative ``root`` in the config names a folder relative to where the
-    run was trained: while the folder the run recorded exists and is that
-    relative path's (for a TFDS source: materialised under that data_dir,
-    with ``splits`` complete), it is used, so the figures do not depend on
-    the working directory of the command. Otherwise (an absolute ``root``,
-    or a relative one edited to name other data; the recorded folder gone)
-    the config's ``root`` is resolved as training resolved it, with a note
-    when that is not the recorded folder.
+    run was trained. While the folder the run recorded exists and is that
+    relative path's, it is used, so the figures do not depend on the
+    working directory of the command; for a TFDS source the recorded
+    folder's data_dir is used, materialising any of ``splits`` the run did
+    not. Otherwise (an absolute ``root``, or a relative one edited to name
+    other data; the recorded folder gone) the config's ``root`` is resolved
+    as training resolved it, with a note when that is not the recorded
+    folder.
     """
     recorded = (entry or {}).get("root")
-    if recorded and _is_recorded_relative_root(domain_config, recorded, splits):
-        return pathlib.Path(recorded)
+    named = _recorded_relative_root(domain_config, recorded) if recorded else None
+    if named is not None:
+        if getattr(domain_config, "source", "folder") != "tfds":
+            return named
+        domain_config = dataclasses.replace(domain_config, root=str(named))
     root = resolve_root(domain_config, index, echo=echo, splits=splits)
     if recorded and str(root) != recorded and echo is not None:
         echo(f"note: domain '{domain_config.name}': the run read {recorded}; "
@@ -120,20 +124,21 @@ def run_root(domain_config, index, entry, splits, echo=None):
     return root
 
 
-def _is_recorded_relative_root(domain_config, recorded, splits):
-    """Whether ``recorded`` is the folder the config's relative ``root`` named when the run trained."""
+def _recorded_relative_root(domain_config, recorded):
+    """The folder the config's relative ``root`` named when the run recorded ``recorded``
+    (for TFDS: the data_dir it was materialised from), if it still exists; else None."""
     relative = pathlib.PurePath(domain_config.root)
-    if relative.is_absolute() or domain_config.root.startswith("~"):
-        return False
+    if relative.is_absolute() or domain_config.root.startswith("~") or not pathlib.Path(recorded).is_dir():
+        return None
+    named = pathlib.Path(recorded)
     if getattr(domain_config, "source", "folder") == "tfds":
         from usss_tf.data import tfds_source
 
-        named = tfds_source.materialized_data_dir(recorded, splits)
-    else:
-        named = pathlib.Path(recorded) if pathlib.Path(recorded).is_dir() else None
+        named = tfds_source.materialized_data_dir(domain_config.name, recorded)
     wanted = tuple(p for p in relative.parts if p != ".")
-    return (named is not None and bool(wanted) and ".." not in wanted
-            and named.parts[-len(wanted):] == wanted)
+    if named is None or not wanted or ".." in wanted or named.parts[-len(wanted):] != wanted:
+        return None
+    return named
 
 
 def split_matches_run(listed, split, entry):

@@ -66,17 +66,15 @@ def cache_dir(data_dir, builder_name, version) -> pathlib.Path:
     return pathlib.Path(data_dir).expanduser().absolute() / "usss_tf" / builder_name / str(version)
 
 
-def materialized_data_dir(root, splits):
-    """The TFDS data_dir of a materialised ``root`` (``cache_dir``) holding every split of
-    ``splits`` complete; None when ``root`` is not one or lacks a split."""
+def materialized_data_dir(domain_name, root):
+    """The TFDS data_dir whose ``cache_dir`` of ``domain_name``'s builder is ``root``
+    (``{data_dir}/usss_tf/{builder}/{config}/{version}``); None when ``root`` is not one."""
     root = pathlib.Path(root)
-    parts = root.parts
-    if "usss_tf" not in parts[:-1] or not root.is_dir():
+    expected = ("usss_tf", *TFDS_BUILDERS[domain_name].split("/"))
+    depth = len(expected) + 1  # and the version folder
+    if len(root.parts) <= depth or root.parts[-depth:-1] != expected:
         return None
-    if not all((root / _MARKER.format(split=split)).is_file() for split in splits):
-        return None
-    last = len(parts) - 1 - parts[::-1].index("usss_tf")
-    return pathlib.Path(*parts[:last])
+    return pathlib.Path(*root.parts[:-depth])
 
 
 @contextlib.contextmanager

@@ -69,7 +69,8 @@ class ServingMetrics:
     """Counts and times requests; ``exposition()`` is the scrape's body.
 
     Args:
-      loaded_versions: ``() -> {model name: versions loaded}``.
+      loaded_versions: ``() -> {model name: versions loaded}``, every model the server
+        serves (also with none loaded yet): its names are the ``model_name`` labels.
       admission: the server's ``Admission`` (in-flight and queued gauges), or None.
     """
 
@@ -89,6 +90,7 @@ class ServingMetrics:
     def request(self, model_name, api, entrypoint):
         """Counts the request by outcome and times it (also when it fails)."""
         started = time.perf_counter()
+        label = self._label(model_name)
         status = "OK"
         try:
             yield
@@ -99,14 +101,15 @@ class ServingMetrics:
             status = "INTERNAL"
             raise
         finally:
-            self.count(model_name, status)
-            self.latency.labels(self._label(model_name), api, entrypoint).observe(
-                (time.perf_counter() - started) * 1e6)
+            self._count(label, status)
+            self.latency.labels(label, api, entrypoint).observe((time.perf_counter() - started) * 1e6)
 
     def count(self, model_name, status):
         """Counts one Predict request under ``status``; alone, for one refused before it ran
         (the server shutting down, every slot taken), which has no latency to time."""
-        label = self._label(model_name)
+        self._count(self._label(model_name), status)
+
+    def _count(self, label, status):
         with self.lock:
             self.counts[(label, status)] += 1
 
