@@ -70,7 +70,7 @@ class ServingApi:
         self.admission = admission or Admission()
         self.drain = Drain()
         self.metrics = metrics or ServingMetrics(
-            loaded_versions=models.loaded_counts, admission=self.admission)
+            loaded_versions=models.loaded_counts, admission=self.admission, serves=models.serves)
 
     def open_call(self, model_name):
         """Opens one Predict call in ``drain``; a refusal (shutting down) is counted and raised."""

@@ -69,14 +69,17 @@ class ServingMetrics:
     """Counts and times requests; ``exposition()`` is the scrape's body.
 
     Args:
-      loaded_versions: ``() -> {model name: versions loaded}``, every model the server
-        serves (also with none loaded yet): its names are the ``model_name`` labels.
+      loaded_versions: ``() -> {model name: versions loaded}``.
       admission: the server's ``Admission`` (in-flight and queued gauges), or None.
+      serves: ``(model name) -> bool``, whether the server serves that model (the
+        names that get their own ``model_name`` label); default: the names of
+        ``loaded_versions``.
     """
 
-    def __init__(self, loaded_versions=dict, admission=None):
+    def __init__(self, loaded_versions=dict, admission=None, serves=None):
         self.loaded_versions = loaded_versions
         self.admission = admission
+        self.serves = serves or (lambda model_name: model_name in loaded_versions())
         self.lock = threading.Lock()
         self.counts = collections.Counter()
         self.registry = CollectorRegistry()
@@ -115,7 +118,7 @@ class ServingMetrics:
 
     def _label(self, model_name):
         """``model_name`` if the server serves it, else "": one series for every other name."""
-        return model_name if model_name and model_name in self.loaded_versions() else ""
+        return model_name if model_name and self.serves(model_name) else ""
 
     def exposition(self):
         """The Prometheus text-format page (bytes)."""

@@ -444,6 +444,11 @@ class ModelRegistry:
         with self._lock:
             return sorted(self._stores)
 
+    def serves(self, model_name):
+        """Whether ``model_name`` is one of the served models (loaded or not yet)."""
+        with self._lock:
+            return model_name in self._stores
+
     def store(self, model_name):
         """The ``ModelStore`` of ``model_name``; NOT_FOUND naming the served models otherwise."""
         with self._lock:
