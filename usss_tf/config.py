@@ -197,7 +197,6 @@ class LossConfig:
 
 
 ALIGNMENT_TARGETS = ("batch", "labelled_set")
-STRONG_PASSES = ("joint", "separate", "separate_frozen")
 
 
 @dataclasses.dataclass
@@ -236,12 +235,6 @@ class ConsistencyConfig:
     color_jitter: float = 0.8  # Probability of colour jitter on the strong view.
     grayscale: float = 0.2
     blur: float = 0.5
-    # How the strong view goes through the encoder: "joint" (one pass with the
-    # clean images: BatchNorm's batch and moving statistics include it),
-    # "separate" (a pass of its own, UniMatch: own batch statistics, moving ones
-    # updated by both), "separate_frozen" (own batch statistics, moving ones
-    # from the clean pass only).
-    strong_pass: str = "joint"
 
     def validate(self, key="consistency"):
         for name in ("threshold", "cutmix", "color_jitter", "grayscale", "blur", "alignment_strength"):
@@ -249,7 +242,6 @@ class ConsistencyConfig:
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"key '{key}.{name}': must be in [0, 1], got {value}")
         _check_choice(f"{key}.alignment_target", self.alignment_target, ALIGNMENT_TARGETS)
-        _check_choice(f"{key}.strong_pass", self.strong_pass, STRONG_PASSES)
         if not 0.0 <= self.feature_dropout < 1.0:
             raise ConfigError(f"key '{key}.feature_dropout': must be in [0, 1), got {self.feature_dropout}")
 

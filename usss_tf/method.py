@@ -21,7 +21,6 @@ only provides the architecture (``encode``, ``decode``, ``embed``,
 
 import dataclasses
 
-import keras
 import tensorflow as tf
 
 from usss_tf import config as config_lib
@@ -222,29 +221,8 @@ class Objective:
                         raise ValueError(f"domain {d!r}: consistency_paste is on but the batch has no "
                                          "copy-paste view (pipeline.train_dataset(copy_paste=True))")
                     add((d, "pasted"), normalize(batch[d]["unlabeled_pasted"]))
-        pass_mode = self.consistency.strong_pass if self.uses_consistency else "joint"
-        second = [i for (_, view), i in where.items() if view == "strong"] if pass_mode != "joint" else []
-        first = [i for i in range(len(chunks)) if i not in second]
         sizes = [tf.shape(c)[0] for c in chunks]
-        features = [None] * len(chunks)
-        for index, value in zip(first, tf.split(model.encode(tf.concat([chunks[i] for i in first], 0),
-                                                             training=training), [sizes[i] for i in first], 0)):
-            features[index] = value
-        if second:
-            saved = None
-            if pass_mode == "separate_frozen":
-                norms = [layer for layer in model.encoder._flatten_layers()
-                         if isinstance(layer, keras.layers.BatchNormalization)]
-                saved = [(v, tf.identity(v.value)) for layer in norms
-                         for v in (layer.moving_mean, layer.moving_variance)]
-            out = model.encode(tf.concat([chunks[i] for i in second], 0), training=training)
-            if saved is not None:
-                # Reads above, restores after: automatic control dependencies order them.
-                with tf.control_dependencies([out]):
-                    for variable, value in saved:
-                        variable.assign(value)
-            for index, value in zip(second, tf.split(out, [sizes[i] for i in second], 0)):
-                features[index] = value
+        features = tf.split(model.encode(tf.concat(chunks, 0), training=training), sizes, 0)
         # Embeddings of the labelled images (embedding supervision) and, for the
         # entropy terms, of the weak views; strong views never need them.
         embedded = [i for (_, view), i in where.items()
