@@ -13,7 +13,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 def _run_benchmark(tmp_path, script, *args):
     """Runs ``benchmarks/<script>`` with ``args`` and ``--out``; returns its JSON report."""
     out = tmp_path / f"{script}.json"
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args, "--out", str(out)],
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *map(str, args), "--out", str(out)],
                    check=True, capture_output=True, timeout=600)
     return json.loads(out.read_text())
 
@@ -67,9 +67,12 @@ def test_serve_benchmark_smoke(tmp_path):
 
 
 @pytest.mark.slow
-def test_serve_load_benchmark_smoke(tmp_path):
-    report = _run_benchmark(tmp_path, "serve_load.py", "--clients", "2", "--requests", "6",
-                            "--width", "0.125", "--size", "32x64")
+def test_serve_load_benchmark_smoke(tmp_path, tiny_export):
+    # The session's export (--export); the untrained export it would make otherwise is
+    # serve.py's, covered by test_serve_benchmark_smoke.
+    report = _run_benchmark(tmp_path, "serve_load.py", "--export", tiny_export, "--clients", "2",
+                            "--requests", "6", "--size", "32x64")
+    assert report["model"] == f"export {tiny_export}"
     kinds = report["kinds"]
     assert sorted(kinds) == ["bomb", "good", "not_an_image", "pinned_version", "unknown_signature",
                              "wrong_dtype"]

@@ -81,7 +81,7 @@ SCRIPT = textwrap.dedent(
                                   centroids_per_class=2, sync_batchnorm=True)
 
     def trained_start(batch, path):
-        # Weights after 100 supervised steps on the batch, one device.
+        # Weights after 100 supervised steps on the default batch, one device.
         keras.utils.set_random_seed(0)
         model = segmenter()
         model.build()
@@ -118,9 +118,11 @@ SCRIPT = textwrap.dedent(
         "paste_plain_thresholds": (default_terms, default_batch, ConsistencyConfig(
             threshold=0.3, distribution_alignment=False, class_adaptive_threshold=False)),
     }
+    start = sys.argv[2]
+    if sys.argv[1] == "start":
+        trained_start(default_batch, start)
+        sys.exit(0)
     weights, inputs, consistency = configurations[sys.argv[1]]
-    start = os.path.join(sys.argv[2], "start.weights.h5")
-    trained_start(inputs, start)
     b2, a2, r2 = one_step(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), weights, inputs,
                           consistency, start)
     b1, a1, r1 = one_step(tf.distribute.get_strategy(), weights, inputs, consistency, start,
@@ -138,17 +140,29 @@ SCRIPT = textwrap.dedent(
 )
 
 
+def _run_script(*args):
+    return subprocess.run([sys.executable, "-c", SCRIPT, *map(str, args)], capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def start_weights(tmp_path_factory):
+    """The trained start every configuration steps from, once per pytest-xdist worker (not
+    shared between workers: one would idle while the other trains it)."""
+    path = tmp_path_factory.mktemp("two_replica_start") / "start.weights.h5"
+    result = _run_script("start", path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return path
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("configuration", ["every_term", "default_terms", "strong_and_paste",
                                            "paste_plain_thresholds"])
-def test_two_replica_step_equals_single_device_step(configuration, tmp_path):
+def test_two_replica_step_equals_single_device_step(configuration, start_weights):
     # One configuration per interpreter: a second MirroredStrategy trained after
     # another configuration's in the same process was seen to stop with a
     # collective-op shape mismatch that no configuration shows on its own.
-    result = subprocess.run(
-        [sys.executable, "-c", SCRIPT, configuration, str(tmp_path)], capture_output=True, text=True,
-        timeout=600,
-    )
+    result = _run_script(configuration, start_weights)
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     assert figures["replicas"] == [1, 2]
