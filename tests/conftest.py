@@ -134,18 +134,40 @@ def tiny_export(tiny_run, tmp_path_factory):
 
 
 def _expected_seconds(item):
-    """``@pytest.mark.slow(seconds=N)``'s N (a rough figure on 2 cores), 30 for a bare ``slow``, else 0."""
+    """``@pytest.mark.slow(seconds=N)``'s N (a rough figure on 2 cores), 30 for a bare ``slow``,
+    else 1 (most unmarked tests take a second or two)."""
     marker = item.get_closest_marker("slow")
-    return 0 if marker is None else marker.kwargs.get("seconds", 30)
+    return 1 if marker is None else marker.kwargs.get("seconds", 30)
+
+
+def _worker_queues(items, workers):
+    """``items`` cut into ``workers`` queues of the sizes pytest-xdist's ``worksteal`` hands out
+    first, the expected seconds spread evenly (longest first to the least-loaded queue), each
+    queue slowest first."""
+    sizes, left = [], len(items)
+    for index in range(workers):
+        sizes.append(left // (workers - index))
+        left -= sizes[-1]
+    queues, loads = [[] for _ in sizes], [0] * workers
+    for item in sorted(items, key=lambda i: -_expected_seconds(i)):
+        open_queues = [q for q in range(workers) if len(queues[q]) < sizes[q]]
+        target = min(open_queues, key=lambda q: loads[q])
+        queues[target].append(item)
+        loads[target] += _expected_seconds(item)
+    return queues
 
 
 def pytest_collection_modifyitems(config, items):
-    """Runs the slowest tests first, so pytest-xdist's workers end together.
+    """Orders the tests so that pytest-xdist's workers end together.
 
-    xdist hands out tests in collection order: a four-minute test collected
-    last would run alone on one core at the end. ``make test`` adds
-    ``--dist worksteal`` so that an idle worker also takes tests queued on a
-    busy one (plain ``load`` scheduling pre-assigns them and left one core
-    idle for minutes at the end).
+    ``make test`` runs ``--dist worksteal``: each worker first gets one
+    contiguous slice of the collection, equal in count, and a worker that
+    runs dry steals the back half of the longest queue. Sorting the slowest
+    first put every slow test in the first worker's slice, and the last of
+    them (the four two-replica runs, ~50 s each) ran at the end with the
+    other core idle. So the slices are balanced by expected seconds, each
+    slowest first: what is stolen from a queue's back is quick. Every
+    worker computes the same order (xdist requires it).
     """
-    items.sort(key=lambda item: -_expected_seconds(item))
+    workers = getattr(config, "workerinput", {}).get("workercount", 1)
+    items[:] = [item for queue in _worker_queues(items, workers) for item in queue]

@@ -66,7 +66,7 @@ def test_serve_benchmark_smoke(tmp_path):
     assert all(r["latency_ms_p50"] > 0 and r["requests_per_second"] > 0 for r in report["results"])
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=45)
 def test_serve_load_benchmark_smoke(tmp_path, tiny_export):
     # The session's export (--export); the untrained export it would make otherwise is
     # serve.py's, covered by test_serve_benchmark_smoke.

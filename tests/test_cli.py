@@ -117,7 +117,7 @@ def _wait_for(predicate, timeout, process):
     return False
 
 
-@pytest.mark.slow(seconds=130)
+@pytest.mark.slow(seconds=120)
 def test_train_end_to_end_killed_and_resumed_equals_the_uninterrupted_run(tmp_path):
     """``usss-tf train`` killed (SIGKILL) in the universal stage and run again resumes there and
     ends where an uninterrupted run ends: univ_full with both consistency streams, whose strong

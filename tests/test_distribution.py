@@ -155,7 +155,7 @@ def start_weights(tmp_path_factory):
     return path
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=50)
 @pytest.mark.parametrize("configuration", ["every_term", "default_terms", "strong_and_paste",
                                            "paste_plain_thresholds"])
 def test_two_replica_step_equals_single_device_step(configuration, start_weights):

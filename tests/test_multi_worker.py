@@ -97,7 +97,7 @@ def tiny_config(tmp_path_factory):
     return path
 
 
-@pytest.mark.slow(seconds=120)
+@pytest.mark.slow(seconds=160)
 def test_two_workers_equal_one_process_and_resume_after_a_worker_dies(tiny_config, tmp_path):
     single = tmp_path / "single"
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}

@@ -44,7 +44,7 @@ def test_summary_is_mean_and_sample_std_over_seeds():
     assert mean == pytest.approx(0.4) and std == pytest.approx(0.2) and count == 3
 
 
-@pytest.mark.slow(seconds=130)
+@pytest.mark.slow(seconds=60)
 def test_study_runs_every_cell_and_resumes(tmp_path, tiny_run_settings):
     path = _grid(tmp_path, tiny_run_settings, methods=["univ_basic", "univ_full"], seeds=[0],
                  upper_bound=6)

@@ -34,7 +34,7 @@ def image_files(tmp_path, scene_pngs):
     return paths + [folder / "scene2.bmp", folder / "small.png"]
 
 
-@pytest.mark.slow(seconds=90)
+@pytest.mark.slow
 def test_predict_writes_class_ids_and_overlays(server, trained, scene_pngs, image_files, tmp_path):
     out = tmp_path / "out"
     result = _predict("--server", server.grpc_address, "--domain", "synth_camvid", *image_files, "--out", out)
