@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 # One pytest-xdist worker per core: the suite is CPU-bound TensorFlow. Work stealing
-# moves queued tests to an idle worker, so the slowest (run first) do not pile up on one.
+# moves queued tests to an idle worker; tests/conftest.py spreads the slow ones over the workers.
 PYTEST_WORKERS ?= auto
 
 .PHONY: demo test test-all install clean

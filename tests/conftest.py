@@ -134,40 +134,57 @@ def tiny_export(tiny_run, tmp_path_factory):
 
 
 def _expected_seconds(item):
-    """``@pytest.mark.slow(seconds=N)``'s N (a rough figure on 2 cores), 30 for a bare ``slow``,
-    else 1 (most unmarked tests take a second or two)."""
+    """``@pytest.mark.slow(seconds=N)``'s N (a rough figure on 2 cores), 30 for a bare ``slow``, else 0."""
     marker = item.get_closest_marker("slow")
-    return 1 if marker is None else marker.kwargs.get("seconds", 30)
+    return 0 if marker is None else marker.kwargs.get("seconds", 30)
 
 
 def _worker_queues(items, workers):
-    """``items`` cut into ``workers`` queues of the sizes pytest-xdist's ``worksteal`` hands out
-    first, the expected seconds spread evenly (longest first to the least-loaded queue), each
-    queue slowest first."""
+    """``items`` cut into the ``workers`` slices pytest-xdist's ``worksteal`` first hands out
+    (contiguous, equal in count), with the slow tests spread evenly by expected seconds
+    (longest first to the least-loaded slice) and at each slice's front; the quick ones fill
+    the rest in collection order, so a module's tests stay together (and its module-scoped
+    fixtures are built once)."""
     sizes, left = [], len(items)
     for index in range(workers):
         sizes.append(left // (workers - index))
         left -= sizes[-1]
     queues, loads = [[] for _ in sizes], [0] * workers
-    for item in sorted(items, key=lambda i: -_expected_seconds(i)):
-        open_queues = [q for q in range(workers) if len(queues[q]) < sizes[q]]
-        target = min(open_queues, key=lambda q: loads[q])
+    for item in sorted((i for i in items if _expected_seconds(i)), key=lambda i: -_expected_seconds(i)):
+        target = min((q for q in range(workers) if len(queues[q]) < sizes[q]), key=lambda q: loads[q])
         queues[target].append(item)
         loads[target] += _expected_seconds(item)
+    quick = iter(i for i in items if not _expected_seconds(i))
+    for queue, size in zip(queues, sizes):
+        queue.extend(next(quick) for _ in range(size - len(queue)))
     return queues
 
 
+def _xdist_mode(config):
+    """The ``--dist`` mode on the command line that started this pytest-xdist worker, else None."""
+    argv = getattr(config, "workerinput", {}).get("mainargv", [])
+    for index, arg in enumerate(argv):
+        if arg == "--dist" and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith("--dist="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+@pytest.hookimpl(trylast=True)  # after -k, -m and --deselect have removed tests
 def pytest_collection_modifyitems(config, items):
     """Orders the tests so that pytest-xdist's workers end together.
 
     ``make test`` runs ``--dist worksteal``: each worker first gets one
     contiguous slice of the collection, equal in count, and a worker that
-    runs dry steals the back half of the longest queue. Sorting the slowest
-    first put every slow test in the first worker's slice, and the last of
-    them (the four two-replica runs, ~50 s each) ran at the end with the
-    other core idle. So the slices are balanced by expected seconds, each
-    slowest first: what is stolen from a queue's back is quick. Every
-    worker computes the same order (xdist requires it).
+    runs dry steals the back half of the longest queue. So the slow tests
+    are spread over the slices by expected seconds, each slice slowest
+    first, and what is stolen from a queue's back is quick. Any other run
+    gets the slowest first. Every worker computes the same order (xdist
+    requires it).
     """
     workers = getattr(config, "workerinput", {}).get("workercount", 1)
-    items[:] = [item for queue in _worker_queues(items, workers) for item in queue]
+    if workers > 1 and _xdist_mode(config) == "worksteal":
+        items[:] = [item for queue in _worker_queues(items, workers) for item in queue]
+    else:
+        items.sort(key=lambda item: -_expected_seconds(item))

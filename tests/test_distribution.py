@@ -81,7 +81,7 @@ SCRIPT = textwrap.dedent(
                                   centroids_per_class=2, sync_batchnorm=True)
 
     def trained_start(batch, path):
-        # Weights after 100 supervised steps on the default batch, one device.
+        # Weights after 100 supervised steps on `batch`, one device.
         keras.utils.set_random_seed(0)
         model = segmenter()
         model.build()
