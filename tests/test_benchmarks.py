@@ -13,8 +13,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 def _run_benchmark(tmp_path, script, *args):
     """Runs ``benchmarks/<script>`` with ``args`` and ``--out``; returns its JSON report."""
     out = tmp_path / f"{script}.json"
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *map(str, args), "--out", str(out)],
-                   check=True, capture_output=True, timeout=600)
+    command = [sys.executable, str(ROOT / "benchmarks" / script), *map(str, args), "--out", str(out)]
+    subprocess.run(command, check=True, capture_output=True, timeout=600)
     return json.loads(out.read_text())
 
 

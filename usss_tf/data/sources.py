@@ -128,9 +128,9 @@ def _recorded_relative_root(domain_config, recorded):
     """The folder the config's relative ``root`` named when the run recorded ``recorded``
     (for TFDS: the data_dir it was materialised from), if it still exists; else None."""
     relative = pathlib.PurePath(domain_config.root)
-    if relative.is_absolute() or domain_config.root.startswith("~") or not pathlib.Path(recorded).is_dir():
-        return None
     named = pathlib.Path(recorded)
+    if relative.is_absolute() or domain_config.root.startswith("~") or not named.is_dir():
+        return None
     if getattr(domain_config, "source", "folder") == "tfds":
         from usss_tf.data import tfds_source
 
