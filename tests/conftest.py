@@ -43,8 +43,8 @@ TINY_RUN = {
     "seed": 0,
     "model": {"width": 0.125, "embedding_dim": 8, "centroids_per_class": 2},
     "data": {"crop": [32, 64], "batch_size": 2, "unlabeled_batch_size": 2, "eval_batch_size": 4},
-    "train": {"pretrain_steps": 3, "steps": 3, "checkpoint_every": 3, "log_every": 1, "verbose": 0,
-              "optimizer": "sgd", "learning_rate": 0.01},
+    "train": {"masked_steps": 2, "pretrain_steps": 3, "steps": 3, "checkpoint_every": 3, "log_every": 1,
+              "verbose": 0, "optimizer": "sgd", "learning_rate": 0.01},
 }
 # Each domain at its own scale, so every test of inference, evaluation, export
 # and serving checks that the domain's scale is applied where it must be.

@@ -119,3 +119,15 @@ def test_class_adaptive_thresholds_lower_the_rarely_confident_classes():
     assert float(loss) == pytest.approx(5 * math.log(3) / 5, rel=1e-6)  # every valid pixel passes
     nothing = losses.class_adaptive_thresholds(pseudo, confidence * 0, valid, 3, 0.9).numpy()
     np.testing.assert_array_equal(nothing, [0.0, 0.0, 0.0])
+
+
+def test_masked_reconstruction_error_counts_only_masked_pixels():
+    images = np.zeros((1, 2, 2, 3), np.float32)
+    reconstructions = np.zeros((1, 2, 2, 3), np.float32)
+    reconstructions[0, 0, 0] = [1.0, 2.0, 3.0]  # masked: error (1 + 4 + 9) / 3
+    reconstructions[0, 1, 1] = [3.0, 3.0, 3.0]  # visible: never counts
+    masks = np.array([[1.0, 1.0], [0.0, 0.0]], np.float32).reshape(1, 2, 2, 1)
+    value = losses.masked_reconstruction_error(images, reconstructions, masks)
+    assert value.dtype == tf.float32
+    assert float(value) == pytest.approx((14.0 / 3 + 0.0) / 2)
+    assert float(losses.masked_reconstruction_error(images, reconstructions, 0 * masks)) == 0.0

@@ -12,21 +12,24 @@ from usss_tf.model.segmenter import UniversalSegmenter
 
 def test_every_method_but_supervised_has_a_plan():
     assert set(method.PLANS) | {"supervised"} == set(method.METHODS) == set(config_lib.METHODS)
-    assert [s.name for s in method.plan("univ_full")] == ["pretrain", "centroids", "universal"]
+    assert [s.name for s in method.plan("univ_full")] == ["masked", "pretrain", "centroids", "universal"]
+    assert [s.name for s in method.plan("univ_paper")] == ["pretrain", "centroids", "universal"]
     assert [s.name for s in method.plan("univ_basic")] == ["pretrain", "universal"]
     assert [s.name for s in method.plan("finetune")] == ["source", "target"]
-    assert [s.name for s in method.final_stages("univ_full")] == ["universal", "centroids", "pretrain"]
+    assert [s.name for s in method.final_stages("univ_full")] == [
+        "universal", "centroids", "pretrain", "masked"]
     assert method.has_label_centroids("univ_full")
     assert method.has_label_centroids("univ_paper")
     assert not any(method.has_label_centroids(m) for m in ("univ_basic", "finetune", "supervised"))
 
 
 def test_stages_pick_their_steps_domains_and_losses():
-    train = config_lib.TrainConfig(pretrain_steps=7, steps=11)
+    train = config_lib.TrainConfig(masked_steps=5, pretrain_steps=7, steps=11)
     loss = config_lib.LossConfig(supervised=1.0, within_entropy=0.2, cross_entropy=0.3,
                                  embedding_supervision=0.5)
-    pretrain, centroids, universal = method.plan("univ_full")
-    assert (pretrain.steps(train), centroids.steps(train), universal.steps(train)) == (7, 0, 11)
+    masked, pretrain, centroids, universal = method.plan("univ_full")
+    assert [s.steps(train) for s in (masked, pretrain, centroids, universal)] == [5, 7, 0, 11]
+    assert method.loss_weights(loss, masked) == {"supervised": 0.0, "masked_reconstruction": 1.0}
     assert method.loss_weights(loss, pretrain) == {"supervised": 1.0}
     assert method.loss_weights(loss, universal) == dataclasses.asdict(loss)
     assert universal.consistency and method.loss_weights(loss, universal)["consistency_feature"] == 0.25
@@ -52,7 +55,8 @@ def test_objective_weights():
         Objective({"entropy": 1})
     assert Objective().weights == {"supervised": 1.0, "within_entropy": 0.0, "cross_entropy": 0.0,
                                    "embedding_supervision": 0.0, "consistency_strong": 0.0,
-                                   "consistency_feature": 0.0, "consistency_paste": 0.0}
+                                   "consistency_feature": 0.0, "consistency_paste": 0.0,
+                                   "masked_reconstruction": 0.0}
     single = Objective({"cross_entropy": 1.0}, num_domains=1)
     assert single.weights["cross_entropy"] == 0.0 and not single.uses_unlabeled
     full = Objective({"within_entropy": 0.1}, num_domains=2)
@@ -77,3 +81,72 @@ def test_objective_terms_and_their_weighted_total():
     assert float(objective.total(terms)) == pytest.approx(expected, rel=1e-6)
     # Entropies of a softmax over C classes lie in [0, log C].
     assert 0.0 <= float(terms["within_entropy/b"]) <= np.log(4) + 1e-6
+
+
+def test_only_univ_full_with_masked_steps_has_a_reconstruction_head():
+    def config(method_name, masked_steps):
+        return config_lib.config_from_dict({
+            "name": "x", "method": method_name, "domains": [{"name": "synth_city", "root": "a"}],
+            "train": {"masked_steps": masked_steps}})
+
+    assert method.trains_masked_modelling(config("univ_full", 3))
+    assert not method.trains_masked_modelling(config("univ_full", 0))
+    assert not any(method.trains_masked_modelling(config(m, 3))
+                   for m in ("univ_paper", "univ_basic", "supervised"))
+    model = UniversalSegmenter.from_experiment(config("univ_full", 3))
+    model.build()
+    assert model.reconstruction and any("reconstruction" in v.path for v in model.weights)
+    assert UniversalSegmenter.from_config(model.get_config()).reconstruction
+    plain = UniversalSegmenter.from_experiment(config("univ_full", 0))
+    assert not plain.reconstruction
+    with pytest.raises(ValueError, match="no reconstruction head"):
+        plain.reconstruct(tf.zeros([1, 2, 4, 8]), (16, 32))
+
+
+def _masked_batch(model, rng, unlabeled=True):
+    from usss_tf.data import masking
+
+    def masks(count, seed):
+        return tf.stack([masking.patch_mask((16, 32), 8, 0.5, [seed, i]) for i in range(count)])
+
+    batch = {}
+    for k, (d, c) in enumerate(model.domains.items()):
+        batch[d] = {"images": tf.constant(rng.uniform(0, 255, (2, 16, 32, 3)), tf.float32),
+                    "labels": tf.constant(rng.integers(0, c, (2, 16, 32)), tf.int32),
+                    "image_mask": masks(2, 10 * k)}
+        if unlabeled:
+            batch[d]["unlabeled"] = tf.constant(rng.uniform(0, 255, (3, 16, 32, 3)), tf.float32)
+            batch[d]["unlabeled_mask"] = masks(3, 10 * k + 1)
+    return batch
+
+
+def test_the_masked_stage_reconstructs_every_crop_and_trains_only_the_encoder_and_its_head():
+    model = UniversalSegmenter({"a": 3, "b": 4}, width=0.125, embedding_dim=8, centroids_per_class=2,
+                               reconstruction=True)
+    model.build()
+    batch = _masked_batch(model, np.random.default_rng(0))
+    objective = Objective(method.loss_weights(config_lib.LossConfig(), method.plan("univ_full")[0]))
+    assert objective.uses_masking and objective.uses_unlabeled
+    with tf.GradientTape() as tape:
+        terms = objective.terms(model, batch, training=False)
+        total = objective.total(terms)
+    assert sorted(terms) == ["masked_reconstruction/a", "masked_reconstruction/b"]
+    # By hand for domain b: its five crops (labelled first), blanked where masked, one encoder pass.
+    b = batch["b"]
+    normalize = model.preprocessor("b").normalize
+    images = tf.concat([normalize(b["images"]), normalize(b["unlabeled"])], 0)
+    masks = tf.concat([b["image_mask"], b["unlabeled_mask"]], 0)
+    seen = images * (1 - masks)
+    predicted = model.reconstruct(model.encode(seen), (16, 32))
+    error = np.mean((predicted.numpy() - images.numpy()) ** 2, axis=-1, keepdims=True)
+    expected = (error * masks.numpy()).sum() / masks.numpy().sum()
+    assert float(terms["masked_reconstruction/b"]) == pytest.approx(expected, rel=1e-4)
+    trained = model.encoder.trainable_variables + model.reconstruction_head.trainable_variables
+    untouched = model.embedding.trainable_variables + [
+        v for d in model.domains for v in model.decoder(d).trainable_variables]
+    gradients = tape.gradient(total, trained + untouched)
+    assert all(g is not None for g in gradients[: len(trained)])
+    assert all(g is None for g in gradients[len(trained):]) and untouched
+    del batch["a"]["unlabeled_mask"]
+    with pytest.raises(ValueError, match="'unlabeled_mask'"):
+        objective.terms(model, batch)

@@ -24,7 +24,7 @@ METHODS = ("supervised", "finetune", "univ_basic", "univ_full", "univ_paper")
 BACKBONES = ("erfnet", "drn_d_22", "drn_d_38", "drn_d_54", "drn_d_105", "hub")
 OPTIMIZERS = ("adamw", "sgd")
 # The config's sections besides name/method/seed/domains, in file order.
-SECTIONS = ("model", "data", "loss", "consistency", "centroids", "train")
+SECTIONS = ("model", "data", "loss", "consistency", "masked_modelling", "centroids", "train")
 SOURCES = ("folder", "tfds")
 ON_BROKEN = ("stop", "skip")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -247,6 +247,27 @@ class ConsistencyConfig:
 
 
 @dataclasses.dataclass
+class MaskedModellingConfig:
+    """Masked image modelling, ``univ_full``'s first stage (``train.masked_steps`` steps).
+
+    Every training crop of every domain, labelled or not (labels unused), has
+    a share ``mask_ratio`` of its ``patch`` x ``patch`` cells blanked; the
+    encoder and a light reconstruction head learn to predict the blanked
+    pixels (SimMIM, MAE). The unlabelled images thus give the encoder its
+    starting point before any label is seen (``usss_tf.data.masking``).
+    """
+
+    mask_ratio: float = 0.5
+    patch: int = 16
+
+    def validate(self, key="masked_modelling"):
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise ConfigError(f"key '{key}.mask_ratio': must be in (0, 1), got {self.mask_ratio}")
+        if self.patch < 1:
+            raise ConfigError(f"key '{key}.patch': must be >= 1, got {self.patch}")
+
+
+@dataclasses.dataclass
 class CentroidConfig:
     pixels_per_class: int = 2000
     refresh_every: int = 0  # universal-stage steps between centroid refreshes; 0 = never.
@@ -257,6 +278,9 @@ class CentroidConfig:
 
 @dataclasses.dataclass
 class TrainConfig:
+    # Steps of univ_full's masked image modelling stage, before pre-training
+    # (masked_modelling); the other methods have none.
+    masked_steps: int = 0
     # Steps of the method's first and second training stage (usss_tf.method.PLANS):
     # pretrain -> universal for univ_*, source -> target for finetune; a
     # supervised run trains each domain's model for their sum.
@@ -287,7 +311,7 @@ class TrainConfig:
 
     def validate(self, key="train"):
         _check_at_least_one(key, self, ("checkpoint_every", "log_every"))
-        for name in ("pretrain_steps", "steps", "eval_every"):
+        for name in ("masked_steps", "pretrain_steps", "steps", "eval_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"key '{key}.{name}': must be >= 0")
         if self.optimizer not in OPTIMIZERS:
@@ -320,6 +344,7 @@ class ExperimentConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
     consistency: ConsistencyConfig = dataclasses.field(default_factory=ConsistencyConfig)
+    masked_modelling: MaskedModellingConfig = dataclasses.field(default_factory=MaskedModellingConfig)
     centroids: CentroidConfig = dataclasses.field(default_factory=CentroidConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 

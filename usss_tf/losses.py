@@ -80,6 +80,23 @@ def pseudo_label_cross_entropy(pseudo_labels, confidence, valid, logits, thresho
     return replica_mean(tf.reduce_sum(per_pixel * confident), tf.reduce_sum(valid))
 
 
+def masked_reconstruction_error(images, reconstructions, masks):
+    """Masked image modelling: mean squared error over the masked pixels (MAE, SimMIM).
+
+    Args:
+      images: float [B, H, W, 3], the normalised crops before masking (the targets).
+      reconstructions: float [B, H, W, 3], the reconstruction head's output.
+      masks: float [B, H, W, 1], 1 where the encoder saw a blank.
+    Returns:
+      float32 scalar: the squared error averaged over channels and masked
+      pixels of the global batch (``replica_mean``); visible pixels never count.
+    """
+    error = tf.square(tf.cast(reconstructions, tf.float32) - tf.cast(images, tf.float32))
+    masks = tf.cast(masks, tf.float32)
+    return replica_mean(tf.reduce_sum(tf.reduce_mean(error, axis=-1, keepdims=True) * masks),
+                        tf.reduce_sum(masks))
+
+
 def _replica_sum(value):
     """``value`` summed over the replicas in sync (itself with one replica)."""
     context = tf.distribute.get_replica_context()

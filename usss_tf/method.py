@@ -2,9 +2,10 @@
 
 Five approaches are compared (``config.method``):
 
-* ``univ_full``: pretrain (supervised, all domains) -> centroids -> universal
-  (every loss term: the entropy module and weak-to-strong consistency on
-  unlabelled images);
+* ``univ_full``: masked (masked image modelling on every training image of
+  every domain, labels unused) -> pretrain (supervised, all domains) ->
+  centroids -> universal (every loss term: the entropy module and
+  weak-to-strong consistency on unlabelled images);
 * ``univ_paper``: the paper's method, ``univ_full`` without consistency;
 * ``univ_basic``: pretrain -> universal, supervised loss only (a shared encoder);
 * ``finetune``: source (the first domain) -> target (the other domains),
@@ -25,16 +26,18 @@ import tensorflow as tf
 
 from usss_tf import config as config_lib
 from usss_tf import losses
-from usss_tf.data import strong_views
+from usss_tf.data import masking, strong_views
 from usss_tf.domains import IGNORE_LABEL
 
 METHODS = config_lib.METHODS  # The names; the config validates against them.
 
 # Stage names: checkpoint folders and stages.json keys of a run directory.
-PRETRAIN, CENTROIDS, UNIVERSAL, SOURCE, TARGET = "pretrain", "centroids", "universal", "source", "target"
+MASKED, PRETRAIN, CENTROIDS, UNIVERSAL = "masked", "pretrain", "centroids", "universal"
+SOURCE, TARGET = "source", "target"
 
 LOSS_TERMS = ("supervised", "within_entropy", "cross_entropy", "embedding_supervision",
-              "consistency_strong", "consistency_feature", "consistency_paste")
+              "consistency_strong", "consistency_feature", "consistency_paste",
+              "masked_reconstruction")
 CONSISTENCY_TERMS = ("consistency_strong", "consistency_feature", "consistency_paste")
 
 
@@ -49,6 +52,9 @@ class Stage:
       steps_key: the ``train.*`` key that counts its steps.
       all_losses: every loss term of ``config.loss`` (else the supervised loss only).
       consistency: with ``all_losses``, the consistency terms too (else they are off).
+      masked_modelling: masked image modelling instead of any segmentation loss:
+        the encoder and the reconstruction head learn from every training image
+        (labelled or not, labels unused); no validation (the decoders are untrained).
     """
 
     name: str
@@ -57,6 +63,7 @@ class Stage:
     steps_key: str = "pretrain_steps"
     all_losses: bool = False
     consistency: bool = False
+    masked_modelling: bool = False
 
     def steps(self, train_config):
         """Optimizer steps of this stage under ``train_config`` (0 for the centroid stage)."""
@@ -69,6 +76,7 @@ class Stage:
 
 PLANS = {
     "univ_full": (
+        Stage(MASKED, steps_key="masked_steps", masked_modelling=True),
         Stage(PRETRAIN),
         Stage(CENTROIDS, fits_centroids=True),
         Stage(UNIVERSAL, steps_key="steps", all_losses=True, consistency=True),
@@ -98,6 +106,13 @@ def has_label_centroids(method):
     return any(stage.fits_centroids for stage in PLANS.get(method, ()))
 
 
+def trains_masked_modelling(config):
+    """Whether a run of ``config`` has a ``masked`` stage with steps (so its model a
+    reconstruction head)."""
+    return config.train.masked_steps > 0 and any(
+        stage.masked_modelling for stage in PLANS.get(config.method, ()))
+
+
 def supervised_domain_config(config, domain_config):
     """The config of one domain's model in a ``supervised`` run: labelled data only.
 
@@ -117,7 +132,10 @@ def supervised_domain_config(config, domain_config):
 
 def loss_weights(loss_config, stage):
     """``{term: weight}`` of ``stage``: every term of ``loss_config`` (the consistency
-    terms only where the stage has them) or the supervised one only."""
+    terms only where the stage has them), the supervised one only, or for the
+    ``masked`` stage the reconstruction error only."""
+    if stage.masked_modelling:
+        return {"supervised": 0.0, "masked_reconstruction": 1.0}
     if not stage.all_losses:
         return {"supervised": loss_config.supervised}
     weights = dataclasses.asdict(loss_config)
@@ -152,7 +170,10 @@ class Objective:
       whole channels dropped (UniMatch's feature-perturbation stream);
     * consistency_paste: the same on the unlabelled crops with a labelled
       crop's small-class pixels pasted in (``usss_tf.data.copy_paste``), whose
-      true labels are targets wherever pasted, whatever the threshold.
+      true labels are targets wherever pasted, whatever the threshold;
+    * masked_reconstruction: the ``masked`` stage's only term, the squared
+      error of the reconstruction head on the masked cells of every crop of
+      the domain (``usss_tf.data.masking``).
     """
 
     def __init__(self, weights=None, num_domains=None, consistency=None):
@@ -178,8 +199,12 @@ class Objective:
         return self.weights["within_entropy"] > 0 or self.weights["cross_entropy"] > 0
 
     @property
+    def uses_masking(self):
+        return self.weights["masked_reconstruction"] > 0
+
+    @property
     def uses_unlabeled(self):
-        return self.uses_entropy or self.uses_consistency
+        return self.uses_entropy or self.uses_consistency or self.uses_masking
 
     @property
     def uses_embedding(self):
@@ -195,6 +220,8 @@ class Objective:
         images go through the encoder in one pass.
         """
         names = [d for d in model.domains if d in batch]
+        if self.uses_masking:
+            return self._masked_terms(model, batch, names, training)
         w = self.weights
         cross = w["cross_entropy"] > 0 and len(model.domains) > 1
         # What is left of the domain's preprocessing is normalisation: the
@@ -261,6 +288,33 @@ class Objective:
                 terms.update(self._consistency_terms(
                     model, d, batch[d], features[weak], None if strong is None else features[strong],
                     None if pasted is None else features[pasted]))
+        return terms
+
+    def _masked_terms(self, model, batch, names, training):
+        """``masked_reconstruction/<domain>``: every crop of the batch, labelled or not, masked
+        (``image_mask`` / ``unlabeled_mask`` from the pipeline), in one encoder pass."""
+        chunks, masks, owners = [], [], []
+        for d in names:
+            normalize = model.preprocessor(d).normalize
+            for images, mask in (("images", "image_mask"), ("unlabeled", "unlabeled_mask")):
+                if images not in batch[d]:
+                    continue
+                if mask not in batch[d]:
+                    raise ValueError(f"domain {d!r}: masked_reconstruction is on but the batch has no "
+                                     f"{mask!r} (pipeline.train_dataset(masking=...))")
+                chunks.append(normalize(batch[d][images]))
+                masks.append(batch[d][mask])
+                owners.append(d)
+        images = tf.concat(chunks, 0)
+        features = model.encode(masking.blank(images, tf.concat(masks, 0)), training=training)
+        reconstructions = tf.split(model.reconstruct(features, tf.shape(images)[1:3]),
+                                   [tf.shape(c)[0] for c in chunks], 0)
+        terms = {}
+        for d in names:
+            mine = [i for i, owner in enumerate(owners) if owner == d]
+            terms[f"masked_reconstruction/{d}"] = losses.masked_reconstruction_error(
+                tf.concat([chunks[i] for i in mine], 0), tf.concat([reconstructions[i] for i in mine], 0),
+                tf.concat([masks[i] for i in mine], 0))
         return terms
 
     def _consistency_terms(self, model, domain, batch, weak_features, strong_features, pasted_features):

@@ -166,7 +166,8 @@ class Experiment:
             return pipeline.train_dataset(inputs, cfg.data, cfg.seed, first_step, num_steps,
                                           with_unlabeled=with_unlabeled, consistency=consistency,
                                           strong_view=objective.weights["consistency_strong"] > 0,
-                                          copy_paste=objective.weights["consistency_paste"] > 0)
+                                          copy_paste=objective.weights["consistency_paste"] > 0,
+                                          masking=cfg.masked_modelling if objective.uses_masking else None)
 
         try:
             latest = self.trainer.train(
@@ -192,6 +193,8 @@ class Experiment:
                 step % refresh == 0 and step < steps:
             self._fit_centroids(refit_projection=False)
             save()
+        if stage.masked_modelling:
+            return  # The decoders are untrained: nothing to validate or show yet.
         every = cfg.train.eval_every or cfg.train.checkpoint_every
         if step % every == 0 or step == steps:
             results = self.evaluate()

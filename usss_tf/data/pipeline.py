@@ -19,6 +19,7 @@ import tensorflow as tf
 from usss_tf import losses
 from usss_tf.data import copy_paste as copy_paste_lib
 from usss_tf.data import strong_views
+from usss_tf.data.masking import patch_mask
 from usss_tf.domains import IGNORE_LABEL
 from usss_tf.errors import ConfigError, DatasetError
 from usss_tf.model.preprocessing import scaled_size
@@ -183,20 +184,29 @@ def _sample_index(i, n, seed):
 
 
 def _stream(images, labels, batch_size, start_step, num_steps, seed, crop, scale, augment_config, table,
-            consistency=None, strong_view=True):
+            consistency=None, strong_view=True, masking=None):
     """A batched stream of augmented crops for steps ``[start_step, start_step + num_steps)``.
 
     Labelled: ``(images, labels)``. Unlabelled: ``images``, or with
     ``consistency`` (a ``ConsistencyConfig``) a dict of the weak view
     (``unlabeled``), the valid-pixel mask (0 where the crop is padding), the
     sample's seed and, with ``strong_view``, its strong view and CutMix box
-    (``strong_views``).
+    (``strong_views``). With ``masking`` (a ``MaskedModellingConfig``) each
+    element also gets its crop's patch mask (``masking.patch_mask``), last.
     """
     n = len(images)
     image_paths = tf.constant(images)
     label_paths = tf.constant(labels) if labels is not None else None
 
     def load(i):
+        element = load_views(i)
+        if masking is None:
+            return element
+        mask = patch_mask(crop, masking.patch, masking.mask_ratio,
+                          tf.stack([tf.cast(seed, tf.int64) + 15485863, i]))
+        return (*element, mask) if isinstance(element, tuple) else (element, mask)
+
+    def load_views(i):
         index = _sample_index(i, n, seed)
         image = decode_image(tf.gather(image_paths, index))
         element_seed = tf.stack([tf.cast(seed, tf.int64) + 7919, i])
@@ -229,7 +239,7 @@ def _stream(images, labels, batch_size, start_step, num_steps, seed, crop, scale
 
 
 def train_dataset(domain_inputs, data_config, seed, start_step, num_steps, with_unlabeled=True,
-                  consistency=None, strong_view=True, copy_paste=False):
+                  consistency=None, strong_view=True, copy_paste=False, masking=None):
     """One element per step: ``{domain: {"images", "labels"[, "unlabeled", ...]}}``.
 
     Args:
@@ -245,6 +255,8 @@ def train_dataset(domain_inputs, data_config, seed, start_step, num_steps, with_
         crops' small-class pixels pasted in (``usss_tf.data.copy_paste``), built on
         the global batch: ``"unlabeled_pasted"`` and ``"pasted_labels"``
         (``IGNORE_LABEL`` where nothing is pasted).
+      masking: a ``MaskedModellingConfig``: every crop's patch mask,
+        ``"image_mask"`` and ``"unlabeled_mask"`` (``usss_tf.data.masking``).
     """
     per_domain = {}
     crop = tuple(data_config.crop)
@@ -254,9 +266,12 @@ def train_dataset(domain_inputs, data_config, seed, start_step, num_steps, with_
         labeled = _stream(
             [e.image for e in inputs.labeled], [e.label for e in inputs.labeled],
             data_config.batch_size, start_step, num_steps, base * 4 + LABELED_STREAM, crop,
-            inputs.scale, data_config.augment, table,
+            inputs.scale, data_config.augment, table, masking=masking,
         )
-        labeled = labeled.map(lambda x, y: {"images": x, "labels": y})
+        if masking is None:
+            labeled = labeled.map(lambda x, y: {"images": x, "labels": y})
+        else:
+            labeled = labeled.map(lambda x, y, m: {"images": x, "labels": y, "image_mask": m})
         if data_config.augment.copy_paste:
             labeled = labeled.map(functools.partial(_paste_labelled, num_classes=inputs.domain.num_classes))
         if (consistency is not None and consistency.distribution_alignment
@@ -270,8 +285,12 @@ def train_dataset(domain_inputs, data_config, seed, start_step, num_steps, with_
                 [e.image for e in inputs.unlabeled], None, data_config.unlabeled_batch_size,
                 start_step, num_steps, base * 4 + UNLABELED_STREAM, crop, inputs.scale,
                 data_config.augment, table, consistency=consistency, strong_view=strong_view,
+                masking=masking,
             )
-            if consistency is None:
+            if masking is not None:
+                unlabeled = unlabeled.map(lambda u, m: {
+                    **(u if isinstance(u, dict) else {"unlabeled": u}), "unlabeled_mask": m})
+            elif consistency is None:
                 unlabeled = unlabeled.map(lambda u: {"unlabeled": u})
             labeled = tf.data.Dataset.zip(labeled, unlabeled).map(lambda l, u: {**l, **u})
             if copy_paste:

@@ -1,4 +1,5 @@
-"""Heads on top of the shared encoder: per-domain decoders and the entropy module.
+"""Heads on top of the shared encoder: per-domain decoders, the entropy module and the
+reconstruction head of masked image modelling.
 
 Under a mixed-precision policy (``usss_tf.precision``) the 1x1 convolutions
 compute in float16/bfloat16, but what leaves a head is float32: the class
@@ -9,6 +10,7 @@ and entropies never see a half-precision value.
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
 from usss_tf.losses import centroid_similarity
@@ -108,3 +110,35 @@ class LabelCentroids(keras.layers.Layer):
             "dim": self.dim,
             "temperature": self.temperature,
         }
+
+
+@keras.saving.register_keras_serializable("usss_tf")
+class ReconstructionHead(keras.layers.Layer):
+    """Stride-8 encoder features -> the input's pixels, for masked image modelling.
+
+    A 3x3 convolution (``hidden`` channels, ReLU) and a 1x1 convolution to
+    ``3 * stride**2`` channels rearranged to a ``stride``-times larger image
+    (depth to space). Deliberately light, as the decoders are, so the encoder
+    must carry what a masked cell looked like (SimMIM: a linear head suffices).
+    Only the ``masked`` stage trains or calls it; inference never does.
+    """
+
+    def __init__(self, stride=8, hidden=64, **kwargs):
+        super().__init__(**kwargs)
+        self.stride = stride
+        self.hidden = hidden
+        self.context = keras.layers.Conv2D(hidden, 3, padding="same", activation="relu", name="context")
+        self.pixels = keras.layers.Conv2D(3 * stride * stride, 1, name="pixels")
+
+    def build(self, input_shape):
+        self.context.build(input_shape)
+        self.pixels.build(tuple(input_shape[:-1]) + (self.hidden,))
+
+    def call(self, features, size):
+        """float32 [B, H, W, 3] for features [B, h, w, C] of images of ``size`` (H, W) <= 8 (h, w)."""
+        pixels = ops.cast(self.pixels(self.context(features)), "float32")
+        image = tf.nn.depth_to_space(pixels, self.stride)
+        return image[:, : size[0], : size[1], :]
+
+    def get_config(self):
+        return {**super().get_config(), "stride": self.stride, "hidden": self.hidden}

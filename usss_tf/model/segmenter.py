@@ -21,9 +21,9 @@ these methods and nothing else.
 import keras
 import tensorflow as tf
 
-from usss_tf.method import Objective
+from usss_tf import method
 from usss_tf.model.backbones import build_backbone
-from usss_tf.model.heads import DomainDecoder, EmbeddingHead, LabelCentroids
+from usss_tf.model.heads import DomainDecoder, EmbeddingHead, LabelCentroids, ReconstructionHead
 from usss_tf.model.preprocessing import DomainPreprocessor
 
 
@@ -46,6 +46,8 @@ class UniversalSegmenter(keras.Model):
         (a DRN ``.pth``, a ``.weights.h5`` or a keras-hub preset folder).
       scales: optional mapping of domain name -> the scale its images are
         resized by before the encoder (default 1.0), as in training.
+      reconstruction: add the ``ReconstructionHead`` of masked image
+        modelling (``univ_full``'s ``masked`` stage); inference never uses it.
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class UniversalSegmenter(keras.Model):
         sync_batchnorm=False,
         backbone_weights=None,
         scales=None,
+        reconstruction=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -79,12 +82,15 @@ class UniversalSegmenter(keras.Model):
         self.dropout = dropout
         self.sync_batchnorm = sync_batchnorm
         self.backbone_weights = backbone_weights
+        self.reconstruction = bool(reconstruction)
 
         self.encoder = build_backbone(
             backbone, weights=backbone_weights, width=width, dropout=dropout,
             sync_batchnorm=sync_batchnorm,
         )
         self.embedding = EmbeddingHead(embedding_dim, name="embedding")
+        if self.reconstruction:
+            self.reconstruction_head = ReconstructionHead(name="reconstruction")
         # One attribute per domain (not a dict): attributes are tracked by
         # tf.train.Checkpoint, dict entries are not.
         for name, num_classes in self.domains.items():
@@ -103,7 +109,7 @@ class UniversalSegmenter(keras.Model):
                 DomainPreprocessor(self.scales[name], name=f"preprocessor_{name}"),
             )
         # What train_step optimises; the trainer sets each stage's (usss_tf.method).
-        self.objective = Objective()
+        self.objective = method.Objective()
 
     # -- building blocks -------------------------------------------------------------
 
@@ -141,6 +147,12 @@ class UniversalSegmenter(keras.Model):
     def similarity_logits(self, embeddings, domain):
         """Logits of p_domain(c | x) from the label centroids, [..., C_domain]."""
         return self.label_centroids(domain)(embeddings)
+
+    def reconstruct(self, features, size):
+        """The normalised images of ``size`` (H, W) the reconstruction head reads from ``features``."""
+        if not self.reconstruction:
+            raise ValueError("this model has no reconstruction head (reconstruction=False)")
+        return self.reconstruction_head(features, size=size)
 
     # -- inference: the one path ----------------------------------------------------
 
@@ -210,6 +222,8 @@ class UniversalSegmenter(keras.Model):
         for domain in self.domains:
             self.decoder(domain).build(feature_shape)
         self.embedding.build(feature_shape)
+        if self.reconstruction:
+            self.reconstruction_head.build(feature_shape)
         self.built = True
 
     # -- training --------------------------------------------------------------------
@@ -256,6 +270,7 @@ class UniversalSegmenter(keras.Model):
             # Weights live in the checkpoint; a keras-hub preset also holds the architecture.
             "backbone_weights": self.backbone_weights if self.backbone_name == "hub" else None,
             "scales": dict(self.scales),
+            "reconstruction": self.reconstruction,
         }
 
     @classmethod
@@ -278,5 +293,6 @@ class UniversalSegmenter(keras.Model):
                 sync_batchnorm=m.sync_batchnorm,
                 backbone_weights=m.backbone_weights,
                 scales={d.name: d.scale for d in config.domains},
+                reconstruction=method.trains_masked_modelling(config),
                 name="universal_segmenter",
             )
