@@ -49,7 +49,7 @@ def test_validation_scalars_and_per_class_iou(validation):
         assert _plugin(validation, f"miou/{name}") == "scalars"
         per_class = [t for t in tags if t.startswith(f"iou/{name}/")]
         assert per_class and all(t.split("/")[2] in domains.get_domain(name).class_names for t in per_class)
-    assert [e.step for e in validation.Tensors("miou/mean")][-1] == 6
+    assert [e.step for e in validation.Tensors("miou/mean")][-1] == 8  # 2 masked + 3 + 3 steps
 
 
 def test_iou_tables_name_every_class(validation):
@@ -67,8 +67,8 @@ def test_confusion_images_per_domain(validation):
         tag = f"confusion/{name}"
         assert _plugin(validation, tag) == "images"
         images = _images(validation, tag)
-        assert sorted(images) == [3, 6]  # every validation
-        (image,) = images[6]
+        assert sorted(images) == [5, 8]  # every validation
+        (image,) = images[8]
         assert image.shape[0] == image.shape[1] and image.shape[0] % (num_classes + 1) == 0
         cell = image.shape[0] // (num_classes + 1)
         # The top row holds the class colours, in train-id order.
@@ -81,21 +81,45 @@ def test_panels_side_by_side_with_the_centroid_map_once_centroids_exist(validati
         tag = f"panels/{name}"
         assert _plugin(validation, tag) == "images"
         images = _images(validation, tag)
-        assert sorted(images) == [3, 6]  # the validation interval (checkpoint_every = 3)
-        # Step 3 ends pre-training: input | truth | prediction.
-        assert len(images[3]) == 3 and images[3][0].shape == (HEIGHT, 3 * WIDTH, 3)
-        # Step 6 is after the centroid stage: + nearest centroid.
-        assert len(images[6]) == 3 and images[6][0].shape == (HEIGHT, 4 * WIDTH, 3)
+        # The validation interval (checkpoint_every = 3), after the 2 masked steps.
+        assert sorted(images) == [5, 8]
+        # Step 5 ends pre-training: input | truth | prediction.
+        assert len(images[5]) == 3 and images[5][0].shape == (HEIGHT, 3 * WIDTH, 3)
+        # Step 8 is after the centroid stage: + nearest centroid.
+        assert len(images[8]) == 3 and images[8][0].shape == (HEIGHT, 4 * WIDTH, 3)
         # The truth panel is painted with the palette (ignore = black).
         palette = {tuple(c) for c in domains.get_domain(name).palette} | {(0, 0, 0)}
-        truth = images[6][0][:, WIDTH:2 * WIDTH].reshape(-1, 3)
+        truth = images[8][0][:, WIDTH:2 * WIDTH].reshape(-1, 3)
         assert {tuple(p) for p in truth} <= palette
+
+
+def test_the_masked_stage_shows_masked_input_reconstruction_and_input(validation, tiny_run):
+    from usss_tf.data import masking
+    from usss_tf.model.preprocessing import IMAGENET_MEAN
+
+    settings = config_lib.load_config(tiny_run / "config.yaml").masked_modelling
+    for name, scale in (("synth_city", 0.5), ("synth_camvid", 0.75)):
+        tag = f"reconstruction/{name}"
+        assert _plugin(validation, tag) == "images"
+        images = _images(validation, tag)
+        assert sorted(images) == [2]  # the masked stage's last step (2 < checkpoint_every)
+        height, width = round(HEIGHT * scale), round(WIDTH * scale)
+        for index, row in enumerate(images[2]):
+            assert row.shape == (height, 3 * width, 3)
+            seen, reconstruction, image = np.split(row.astype(int), 3, axis=1)
+            mask = masking.patch_mask((height, width), settings.patch, settings.mask_ratio,
+                                      [0, index]).numpy()[..., 0] == 1
+            # Masked cells show the mean colour; visible ones the input.
+            assert (np.abs(seen[mask] - np.round(IMAGENET_MEAN)) <= 1).all()
+            np.testing.assert_array_equal(seen[~mask], image[~mask])
+            assert not np.array_equal(reconstruction, image)
 
 
 def test_train_scalars(tiny_run):
     train = _load(tiny_run / "tensorboard" / "train")
     tags = set(train.Tags()["tensors"])
-    assert {"pretrain/loss", "universal/loss", "universal/within_entropy/synth_city",
+    assert {"masked/loss", "masked/masked_reconstruction/synth_city", "pretrain/loss",
+            "universal/loss", "universal/within_entropy/synth_city",
             "universal/cross_entropy/synth_camvid", "universal/images_per_second",
             "universal/learning_rate"} <= tags
 

@@ -6,7 +6,8 @@ watching a long run wants to look at, into the same log directory::
 
     tensorboard/                 HParams: the run's hyper-parameters (written at start)
                                  Projector: label centroids (usss_tf.projector)
-    tensorboard/validation/      Images: panels/<domain>, confusion/<domain>
+    tensorboard/validation/      Images: panels/<domain>, confusion/<domain>,
+                                         reconstruction/<domain> (the masked stage)
                                  Text:   iou_table/<domain>
                                  Scalars: miou/mean (next to miou/<domain>)
 
@@ -14,6 +15,8 @@ Panels show a few fixed validation images per domain (the first
 ``train.panel_images`` by example key, so the same images every time):
 input | ground truth | prediction, plus the embedding branch's map (each
 pixel's nearest label centroid of the domain) once the run has centroids.
+During ``univ_full``'s masked stage the same images show what masked image
+modelling learns: masked input | reconstruction | input.
 """
 
 import dataclasses
@@ -26,9 +29,15 @@ from tensorboard.plugins.hparams import api as hp
 from usss_tf import config as config_lib
 from usss_tf import inference, projector, visualize
 from usss_tf import method as method_lib
+from usss_tf.data import masking
+from usss_tf.model.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 PANEL_DESCRIPTION = (
     "input | ground truth | prediction{} — colours are the domain's palette, ignore is black"
+)
+RECONSTRUCTION_DESCRIPTION = (
+    "masked input (blanked cells in the mean colour) | reconstruction | input, at the domain's "
+    "scale: the masked stage's encoder and reconstruction head on fixed validation images"
 )
 _DOMAIN_KEYS_SKIPPED = {"name", "root", "manual_dir", "generate"}
 
@@ -187,6 +196,42 @@ class RunMonitor:
                 if samples:
                     self._samples[inputs.domain.name] = samples
         return self._samples
+
+    def reconstruction_panels(self, model, domain_name):
+        """``uint8 [N, h, 3 w, 3]``: masked input | reconstruction | input of ``domain_name``'s
+        panel images at the domain's scale, each masked as the masked stage masks a crop
+        (``masking.patch_mask``, seeded by the run's seed and the image's index); None
+        without images."""
+        settings = self.config.masked_modelling
+        preprocessor = model.preprocessor(domain_name)
+
+        def display(normalized):
+            pixels = np.asarray(normalized, np.float32)[0] * IMAGENET_STD + IMAGENET_MEAN
+            return np.clip(pixels, 0, 255).round().astype(np.uint8)
+
+        rows = []
+        for index, (image, _, _) in enumerate(self._panel_samples().get(domain_name, [])):
+            scaled = preprocessor.resize(image)
+            size = tuple(int(n) for n in scaled.shape[1:3])
+            mask = masking.patch_mask(size, settings.patch, settings.mask_ratio,
+                                      [self.config.seed, index])[None]
+            seen = masking.blank(preprocessor.normalize(scaled), mask)
+            reconstruction = model.reconstruct(model.encode(seen), size)
+            rows.append(np.concatenate([display(seen), display(reconstruction),
+                                        display(preprocessor.normalize(scaled))], axis=1))
+        return visualize.stack_rows(rows) if rows else None
+
+    def write_reconstruction_panels(self, model, global_step):
+        """Writes ``reconstruction/<domain>`` for every domain at ``global_step``."""
+        if not self.panel_images:
+            return
+        with self.writer.as_default(step=global_step):
+            for inputs in self.inputs:
+                panels = self.reconstruction_panels(model, inputs.domain.name)
+                if panels is not None:
+                    tf.summary.image(f"reconstruction/{inputs.domain.name}", panels,
+                                     max_outputs=len(panels), description=RECONSTRUCTION_DESCRIPTION)
+        self.writer.flush()
 
     def predict_panels(self, model, domain, with_centroids=False):
         """``uint8 [N, H, W * P, 3]`` panels of ``domain``'s fixed validation images.
