@@ -291,31 +291,20 @@ class Objective:
         return terms
 
     def _masked_terms(self, model, batch, names, training):
-        """``masked_reconstruction/<domain>``: every crop of the batch, labelled or not, masked
-        (``image_mask`` / ``unlabeled_mask`` from the pipeline), in one encoder pass."""
-        chunks, masks, owners = [], [], []
+        """``masked_reconstruction/<domain>``: the masked stage's crops of every domain
+        (``pipeline.masked_dataset``: ``images`` and their ``image_mask``), one encoder pass."""
         for d in names:
-            normalize = model.preprocessor(d).normalize
-            for images, mask in (("images", "image_mask"), ("unlabeled", "unlabeled_mask")):
-                if images not in batch[d]:
-                    continue
-                if mask not in batch[d]:
-                    raise ValueError(f"domain {d!r}: masked_reconstruction is on but the batch has no "
-                                     f"{mask!r} (pipeline.train_dataset(masking=...))")
-                chunks.append(normalize(batch[d][images]))
-                masks.append(batch[d][mask])
-                owners.append(d)
-        images = tf.concat(chunks, 0)
-        features = model.encode(masking.blank(images, tf.concat(masks, 0)), training=training)
-        reconstructions = tf.split(model.reconstruct(features, tf.shape(images)[1:3]),
-                                   [tf.shape(c)[0] for c in chunks], 0)
-        terms = {}
-        for d in names:
-            mine = [i for i, owner in enumerate(owners) if owner == d]
-            terms[f"masked_reconstruction/{d}"] = losses.masked_reconstruction_error(
-                tf.concat([chunks[i] for i in mine], 0), tf.concat([reconstructions[i] for i in mine], 0),
-                tf.concat([masks[i] for i in mine], 0))
-        return terms
+            if "image_mask" not in batch[d]:
+                raise ValueError(f"domain {d!r}: masked_reconstruction is on but the batch has no "
+                                 "'image_mask' (pipeline.masked_dataset)")
+        images = [model.preprocessor(d).normalize(batch[d]["images"]) for d in names]
+        masks = [batch[d]["image_mask"] for d in names]
+        sizes = [tf.shape(x)[0] for x in images]
+        everything = tf.concat(images, 0)
+        features = model.encode(masking.blank(everything, tf.concat(masks, 0)), training=training)
+        reconstructions = tf.split(model.reconstruct(features, tf.shape(everything)[1:3]), sizes, 0)
+        return {f"masked_reconstruction/{d}": losses.masked_reconstruction_error(x, r, m)
+                for d, x, r, m in zip(names, images, reconstructions, masks)}
 
     def _consistency_terms(self, model, domain, batch, weak_features, strong_features, pasted_features):
         """The consistency terms of one domain (see the class docstring)."""

@@ -163,11 +163,13 @@ class Experiment:
             cfg.data.batch_size + (cfg.data.unlabeled_batch_size if with_unlabeled else 0))
 
         def batches(first_step, num_steps):
+            if objective.uses_masking:
+                return pipeline.masked_dataset(inputs, cfg.data, cfg.masked_modelling, cfg.seed,
+                                               first_step, num_steps)
             return pipeline.train_dataset(inputs, cfg.data, cfg.seed, first_step, num_steps,
                                           with_unlabeled=with_unlabeled, consistency=consistency,
                                           strong_view=objective.weights["consistency_strong"] > 0,
-                                          copy_paste=objective.weights["consistency_paste"] > 0,
-                                          masking=cfg.masked_modelling if objective.uses_masking else None)
+                                          copy_paste=objective.weights["consistency_paste"] > 0)
 
         try:
             latest = self.trainer.train(

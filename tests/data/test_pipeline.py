@@ -85,32 +85,25 @@ def test_same_seed_same_batches_and_resume_matches(camvid_tree):
     assert not np.array_equal(first[0]["camvid"]["images"], other_seed[0]["camvid"]["images"])
 
 
-@pytest.mark.parametrize("with_consistency", [False, True])
-def test_masks_for_masked_modelling_are_a_function_of_seed_and_step(camvid_tree, with_consistency):
+def test_the_masked_stage_draws_every_training_image_with_its_mask_per_seed_and_step(camvid_tree):
     cfg = _config(camvid_tree)
     inputs = sources.prepare_domains(cfg)
     masking = config_lib.MaskedModellingConfig(mask_ratio=0.5, patch=8)
-    consistency = cfg.consistency if with_consistency else None
 
-    def take(start, steps, masking=masking):
-        return _take(pipeline.train_dataset(inputs, cfg.data, 0, start, steps, masking=masking,
-                                            consistency=consistency), steps)
+    def take(start, steps, seed=0):
+        return _take(pipeline.masked_dataset(inputs, cfg.data, masking, seed, start, steps), steps)
 
-    first, resumed, plain = take(0, 3), take(1, 2), take(0, 3, masking=None)
+    first, resumed = take(0, 4), take(1, 3)
     for a, b in zip(first[1:], resumed):
         tf.nest.map_structure(np.testing.assert_array_equal, a, b)
+    assert not np.array_equal(first[0]["camvid"]["images"], take(0, 1, seed=1)[0]["camvid"]["images"])
     b = first[0]["camvid"]
-    assert b["image_mask"].shape == (2, 24, 40, 1) and b["unlabeled_mask"].shape == (3, 24, 40, 1)
-    # 3 x 5 cells of 8 pixels, 8 masked (7.5 rounded to even) in every crop.
+    assert set(b) == {"images", "image_mask"}  # labels are never read
+    # batch_size + unlabeled_batch_size crops; 3 x 5 cells of 8 pixels, 8 masked (7.5 rounds to even).
+    assert b["images"].shape == (5, 24, 40, 3) and b["image_mask"].shape == (5, 24, 40, 1)
     assert (b["image_mask"].sum(axis=(1, 2, 3)) == 8 * 64).all()
     assert not np.array_equal(b["image_mask"][0], b["image_mask"][1])
-    assert not np.array_equal(b["unlabeled_mask"][0], first[0]["synth_camvid"]["unlabeled_mask"][0])
-    # The masks are added; the crops are those of the same step without masks.
-    for masked, unmasked in zip(first, plain):
-        for domain in unmasked:
-            assert set(masked[domain]) == set(unmasked[domain]) | {"image_mask", "unlabeled_mask"}
-            for key, value in unmasked[domain].items():
-                np.testing.assert_array_equal(masked[domain][key], value)
+    assert not np.array_equal(b["image_mask"][0], first[0]["synth_camvid"]["image_mask"][0])
 
 
 def test_batch_structure_shapes_and_label_values(camvid_tree):

@@ -26,7 +26,7 @@ from usss_tf.model.preprocessing import scaled_size
 from usss_tf.run_dir import write_json_atomic
 
 AUTOTUNE = tf.data.AUTOTUNE
-LABELED_STREAM, UNLABELED_STREAM = 1, 2
+LABELED_STREAM, UNLABELED_STREAM, MASKED_STREAM = 1, 2, 3
 
 
 # -- the labelled subset ------------------------------------------------------------
@@ -184,29 +184,20 @@ def _sample_index(i, n, seed):
 
 
 def _stream(images, labels, batch_size, start_step, num_steps, seed, crop, scale, augment_config, table,
-            consistency=None, strong_view=True, masking=None):
+            consistency=None, strong_view=True):
     """A batched stream of augmented crops for steps ``[start_step, start_step + num_steps)``.
 
     Labelled: ``(images, labels)``. Unlabelled: ``images``, or with
     ``consistency`` (a ``ConsistencyConfig``) a dict of the weak view
     (``unlabeled``), the valid-pixel mask (0 where the crop is padding), the
     sample's seed and, with ``strong_view``, its strong view and CutMix box
-    (``strong_views``). With ``masking`` (a ``MaskedModellingConfig``) each
-    element also gets its crop's patch mask (``masking.patch_mask``), last.
+    (``strong_views``).
     """
     n = len(images)
     image_paths = tf.constant(images)
     label_paths = tf.constant(labels) if labels is not None else None
 
     def load(i):
-        element = load_views(i)
-        if masking is None:
-            return element
-        mask = patch_mask(crop, masking.patch, masking.mask_ratio,
-                          tf.stack([tf.cast(seed, tf.int64) + 15485863, i]))
-        return (*element, mask) if isinstance(element, tuple) else (element, mask)
-
-    def load_views(i):
         index = _sample_index(i, n, seed)
         image = decode_image(tf.gather(image_paths, index))
         element_seed = tf.stack([tf.cast(seed, tf.int64) + 7919, i])
@@ -239,7 +230,7 @@ def _stream(images, labels, batch_size, start_step, num_steps, seed, crop, scale
 
 
 def train_dataset(domain_inputs, data_config, seed, start_step, num_steps, with_unlabeled=True,
-                  consistency=None, strong_view=True, copy_paste=False, masking=None):
+                  consistency=None, strong_view=True, copy_paste=False):
     """One element per step: ``{domain: {"images", "labels"[, "unlabeled", ...]}}``.
 
     Args:
@@ -255,8 +246,6 @@ def train_dataset(domain_inputs, data_config, seed, start_step, num_steps, with_
         crops' small-class pixels pasted in (``usss_tf.data.copy_paste``), built on
         the global batch: ``"unlabeled_pasted"`` and ``"pasted_labels"``
         (``IGNORE_LABEL`` where nothing is pasted).
-      masking: a ``MaskedModellingConfig``: every crop's patch mask,
-        ``"image_mask"`` and ``"unlabeled_mask"`` (``usss_tf.data.masking``).
     """
     per_domain = {}
     crop = tuple(data_config.crop)
@@ -266,12 +255,9 @@ def train_dataset(domain_inputs, data_config, seed, start_step, num_steps, with_
         labeled = _stream(
             [e.image for e in inputs.labeled], [e.label for e in inputs.labeled],
             data_config.batch_size, start_step, num_steps, base * 4 + LABELED_STREAM, crop,
-            inputs.scale, data_config.augment, table, masking=masking,
+            inputs.scale, data_config.augment, table,
         )
-        if masking is None:
-            labeled = labeled.map(lambda x, y: {"images": x, "labels": y})
-        else:
-            labeled = labeled.map(lambda x, y, m: {"images": x, "labels": y, "image_mask": m})
+        labeled = labeled.map(lambda x, y: {"images": x, "labels": y})
         if data_config.augment.copy_paste:
             labeled = labeled.map(functools.partial(_paste_labelled, num_classes=inputs.domain.num_classes))
         if (consistency is not None and consistency.distribution_alignment
@@ -285,17 +271,44 @@ def train_dataset(domain_inputs, data_config, seed, start_step, num_steps, with_
                 [e.image for e in inputs.unlabeled], None, data_config.unlabeled_batch_size,
                 start_step, num_steps, base * 4 + UNLABELED_STREAM, crop, inputs.scale,
                 data_config.augment, table, consistency=consistency, strong_view=strong_view,
-                masking=masking,
             )
-            if masking is not None:
-                unlabeled = unlabeled.map(lambda u, m: {
-                    **(u if isinstance(u, dict) else {"unlabeled": u}), "unlabeled_mask": m})
-            elif consistency is None:
+            if consistency is None:
                 unlabeled = unlabeled.map(lambda u: {"unlabeled": u})
             labeled = tf.data.Dataset.zip(labeled, unlabeled).map(lambda l, u: {**l, **u})
             if copy_paste:
                 labeled = labeled.map(functools.partial(_add_pasted, num_classes=inputs.domain.num_classes))
         per_domain[inputs.domain.name] = labeled
+    ds = tf.data.Dataset.zip(per_domain)
+    options = tf.data.Options()
+    options.deterministic = True
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options).prefetch(AUTOTUNE)
+
+
+def masked_dataset(domain_inputs, data_config, masking, seed, start_step, num_steps):
+    """The masked stage's steps: ``{domain: {"images", "image_mask"}}`` per step.
+
+    Each domain's crops are drawn uniformly from all its training images,
+    labelled or not (labels are never read), ``batch_size +
+    unlabeled_batch_size`` per step (the universal stage's images per step),
+    augmented as training crops are; each has its patch mask
+    (``masking.patch_mask``, ``masking`` a ``MaskedModellingConfig``), drawn
+    from the crop's seed: a function of (seed, step) like every batch.
+    """
+    per_domain = {}
+    crop = tuple(data_config.crop)
+    batch_size = data_config.batch_size + data_config.unlabeled_batch_size
+    for inputs in domain_inputs:
+        stream_seed = domain_seed(seed, inputs.domain.name) * 4 + MASKED_STREAM
+        images = [e.image for e in inputs.labeled + inputs.unlabeled]
+        crops = _stream(images, None, batch_size, start_step, num_steps, stream_seed, crop, inputs.scale,
+                        data_config.augment, inputs.domain.lookup_table())
+        masks = tf.data.Dataset.range(start_step * batch_size, (start_step + num_steps) * batch_size).map(
+            lambda i, stream_seed=stream_seed: patch_mask(
+                crop, masking.patch, masking.mask_ratio, tf.stack([tf.cast(stream_seed, tf.int64) + 15485863, i])),
+            num_parallel_calls=AUTOTUNE, deterministic=True).batch(batch_size, drop_remainder=True)
+        per_domain[inputs.domain.name] = tf.data.Dataset.zip(crops, masks).map(
+            lambda x, m: {"images": x, "image_mask": m})
     ds = tf.data.Dataset.zip(per_domain)
     options = tf.data.Options()
     options.deterministic = True
