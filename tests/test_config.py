@@ -101,3 +101,27 @@ def test_round_trip_through_yaml(tmp_path):
 def test_each_section_validates_its_own_fields(section, key, fragment):
     with pytest.raises(ConfigError, match=re.escape(fragment)):
         section().validate(key)
+
+
+def test_univ_full_has_its_own_defaults_and_the_config_wins():
+    domains = [{"name": "synth_city", "root": "a"}]
+    full = config_lib.config_from_dict({"method": "univ_full", "domains": domains})
+    assert (full.loss.within_entropy, full.loss.cross_entropy) == (0.0, 0.0)
+    assert (full.loss.consistency_feature, full.loss.consistency_paste) == (0.0, 0.0)
+    assert full.train.masked_steps > 0 and full.loss.supervised == 1.0
+    # The dataclass defaults are the paper's: what univ_paper runs.
+    paper = config_lib.config_from_dict({"method": "univ_paper", "domains": domains})
+    assert (paper.loss.within_entropy, paper.loss.cross_entropy) == (0.1, 0.1)
+    set_in_file = config_lib.config_from_dict(
+        {"method": "univ_full", "domains": domains, "loss": {"within_entropy": 0.3}},
+        overrides=["loss.cross_entropy=0.2"])
+    assert (set_in_file.loss.within_entropy, set_in_file.loss.cross_entropy) == (0.3, 0.2)
+    assert set_in_file.loss.consistency_paste == 0.0
+    # The method from an override picks the defaults.
+    switched = config_lib.config_from_dict({"method": "univ_paper", "domains": domains},
+                                           overrides=["method=univ_full"])
+    assert switched.loss.within_entropy == 0.0
+    # A saved config holds every key: reading it back changes nothing.
+    assert config_lib.config_from_dict(paper.to_dict(), overrides=["method=univ_full"]).loss.within_entropy == 0.1
+    with pytest.raises(ConfigError, match="key 'loss': expected a mapping"):
+        config_lib.config_from_dict({"method": "univ_full", "domains": domains, "loss": 3})
