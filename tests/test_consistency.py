@@ -164,7 +164,7 @@ def test_training_with_consistency_lowers_the_loss_and_is_deterministic():
 
 
 def test_univ_paper_is_univ_full_without_consistency():
-    loss = config_lib.LossConfig()
+    loss = config_lib.LossConfig(consistency_feature=0.25, consistency_paste=0.25)
     full = method.loss_weights(loss, method.plan("univ_full")[-1])
     paper = method.loss_weights(loss, method.plan("univ_paper")[-1])
     assert full["consistency_feature"] > 0
