@@ -44,8 +44,8 @@ TINY_RUN = {
     "model": {"width": 0.125, "embedding_dim": 8, "centroids_per_class": 2},
     "data": {"crop": [32, 64], "batch_size": 2, "unlabeled_batch_size": 2, "eval_batch_size": 4},
     # Every stage and loss term of univ_full (its defaults leave the unlabelled-pixel terms off).
-    "loss": {"within_entropy": 0.1, "cross_entropy": 0.1, "consistency_feature": 0.25,
-             "consistency_paste": 0.25},
+    "loss": {"within_entropy": 0.1, "cross_entropy": 0.1, "embedding_supervision": 1.0,
+             "consistency_feature": 0.25, "consistency_paste": 0.25},
     "train": {"masked_steps": 2, "pretrain_steps": 3, "steps": 3, "checkpoint_every": 3, "log_every": 1,
               "verbose": 0, "optimizer": "sgd", "learning_rate": 0.01},
 }

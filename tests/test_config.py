@@ -109,9 +109,11 @@ def test_univ_full_has_its_own_defaults_and_the_config_wins():
     assert (full.loss.within_entropy, full.loss.cross_entropy) == (0.0, 0.0)
     assert (full.loss.consistency_feature, full.loss.consistency_paste) == (0.0, 0.0)
     assert full.train.masked_steps > 0 and full.loss.supervised == 1.0
+    assert full.loss.embedding_supervision == 0.0
     # The dataclass defaults are the paper's: what univ_paper runs.
     paper = config_lib.config_from_dict({"method": "univ_paper", "domains": domains})
     assert (paper.loss.within_entropy, paper.loss.cross_entropy) == (0.1, 0.1)
+    assert paper.loss.embedding_supervision == 1.0
     set_in_file = config_lib.config_from_dict(
         {"method": "univ_full", "domains": domains, "loss": {"within_entropy": 0.3}},
         overrides=["loss.cross_entropy=0.2"])
