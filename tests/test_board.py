@@ -65,7 +65,7 @@ def test_board_serves_the_run_with_hparams_and_projector(tiny_run):
         assert group["hparams"]["method"] == "univ_full"
         metrics = {m["name"]["tag"]: m for m in group["metricValues"]}
         assert {"miou/synth_city", "miou/synth_camvid", "miou/mean"} <= set(metrics)
-        assert metrics["miou/mean"]["trainingStep"] == 6
+        assert metrics["miou/mean"]["trainingStep"] == 8  # 2 masked + 3 pre-training + 3 universal
     finally:
         process.terminate()
         process.wait(timeout=30)

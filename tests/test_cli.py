@@ -135,7 +135,7 @@ def test_train_end_to_end_killed_and_resumed_equals_the_uninterrupted_run(tmp_pa
     process.send_signal(signal.SIGKILL)
     process.wait()
     stages = json.loads((run_dir / "stages.json").read_text())
-    assert set(stages) == {"pretrain", "centroids"}
+    assert set(stages) == {"masked", "pretrain", "centroids"}  # masked: 0 steps here
     assert not (run_dir / "metrics.json").exists()
 
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
@@ -155,7 +155,8 @@ def test_train_end_to_end_killed_and_resumed_equals_the_uninterrupted_run(tmp_pa
     assert len(manifest["camvid"]["labeled"]) == 3
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["seed"] == 0
     assert json.loads((run_dir / "run.json").read_text())["seed"] == 0
-    assert set(json.loads((run_dir / "stages.json").read_text())) == {"pretrain", "centroids", "universal"}
+    assert set(json.loads((run_dir / "stages.json").read_text())) == {
+        "masked", "pretrain", "centroids", "universal"}
     assert list((run_dir / "tensorboard" / "train").glob("events.out.tfevents.*"))
     assert list((run_dir / "tensorboard" / "validation").glob("events.out.tfevents.*"))
     assert list(universal.glob("ckpt-6.index"))

@@ -72,9 +72,13 @@ def _png(image):
     return tf.io.encode_png(image).numpy()
 
 
-def _keras_class_ids(model, images):
+def _keras_probabilities(model, images):
     outputs = model(images.astype("float32"), training=False)
-    return {d: np.argmax(outputs[d].numpy(), axis=-1) for d in DOMAINS}
+    return {d: tf.nn.softmax(outputs[d]).numpy() for d in DOMAINS}
+
+
+def _keras_class_ids(model, images):
+    return {d: np.argmax(p, axis=-1) for d, p in _keras_probabilities(model, images).items()}
 
 
 def _meta_graph(version_dir):
@@ -272,7 +276,8 @@ def _run_tf1(tf1_session, feeds):
 
 
 def test_tf1_session_loader_matches_keras(trained, tf1_session, images):
-    expected = _keras_class_ids(trained.model, images)
+    probabilities = _keras_probabilities(trained.model, images)
+    expected = {d: np.argmax(p, axis=-1) for d, p in probabilities.items()}
     pngs = np.array([_png(image) for image in images], dtype=object)
     feeds = {"serving_default": pngs}
     for domain in DOMAINS:
@@ -283,10 +288,12 @@ def test_tf1_session_loader_matches_keras(trained, tf1_session, images):
         domain = "synth_city" if name == "serving_default" else name[8:].removesuffix("_tensor")
         assert outputs["class_ids"].dtype == np.uint8
         np.testing.assert_array_equal(outputs["class_ids"], expected[domain], err_msg=name)
-        assert outputs["probabilities"].shape == (*images.shape[:3], DOMAINS[domain])
-        np.testing.assert_allclose(outputs["probabilities"].sum(-1), 1.0, atol=1e-5)
-    # The class maps are not trivially constant: the comparison means something.
-    assert len(np.unique(expected["synth_city"])) > 1
+        np.testing.assert_allclose(outputs["probabilities"], probabilities[domain], atol=1e-5,
+                                   err_msg=name)
+    # The maps are not constant: the comparison means something (the tiny model's class map
+    # may be one class on these images; its probabilities still vary from pixel to pixel).
+    for domain in DOMAINS:
+        assert np.ptp(probabilities[domain]) > 1e-3
 
 
 def test_tf1_session_loader_reports_bad_requests(tf1_session, images):

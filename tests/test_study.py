@@ -19,7 +19,9 @@ def _grid(tmp_path, settings, **changes):
     base = {**settings, "domains": [{"name": n, "root": str(r)} for n, r in roots.items()]}
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
     grid = {"name": "tiny_study", "base": "base.yaml",
-            "set": {"train.pretrain_steps": 2, "train.steps": 0, "train.checkpoint_every": 2},
+            # No masked stage: a traced stage per univ_full cell, and the study does not care.
+            "set": {"train.masked_steps": 0, "train.pretrain_steps": 2, "train.steps": 0,
+                    "train.checkpoint_every": 2},
             "methods": ["univ_basic"], "labeled": [2], "seeds": [0, 1], **changes}
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(grid))
