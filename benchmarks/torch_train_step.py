@@ -9,7 +9,7 @@ labelled and an unlabelled batch go through the encoder in one pass; a 1x1
 decoder per domain, bilinear upsampling, masked cross-entropy; a 1x1
 embedding head (L2-normalised), K centroids per class, similarity logits
 max_k <e, M[c, k]> / tau; embedding supervision, within- and cross-domain
-entropy with the quickstart's weights (1, 1, 0.1, 0.1); AdamW (lr 1e-3,
+entropy with the paper's weights (1, 1, 0.1, 0.1); AdamW (lr 1e-3,
 weight decay 4e-3 as Keras' default). The batch is constant in memory; the
 first call is reported apart, the steady state is the median of the next
 ``--steps`` calls. JSON out.

@@ -25,7 +25,8 @@ TINY = {
     "seed": 0,
     "model": {"width": 0.125, "embedding_dim": 8, "centroids_per_class": 2},
     "data": {"crop": [32, 64], "batch_size": 2, "unlabeled_batch_size": 2, "eval_batch_size": 4},
-    "train": {"masked_steps": 0, "pretrain_steps": 4, "steps": 6, "checkpoint_every": 2, "log_every": 1, "verbose": 0},
+    "train": {"masked_steps": 0, "pretrain_steps": 4, "steps": 6, "checkpoint_every": 2, "log_every": 1,
+              "verbose": 0},
 }
 
 
@@ -123,7 +124,10 @@ def test_train_end_to_end_killed_and_resumed_equals_the_uninterrupted_run(tmp_pa
     ends where an uninterrupted run ends: univ_full with both consistency streams, whose strong
     views and feature dropout are drawn per (seed, step)."""
     root = write_camvid_tree(tmp_path / "data")
-    config = _config(tmp_path, root, loss={"consistency_strong": 0.5, "consistency_feature": 0.25},
+    # Every term on (univ_full's defaults leave most off), both consistency streams among them.
+    config = _config(tmp_path, root, loss={"within_entropy": 0.1, "cross_entropy": 0.1,
+                                           "embedding_supervision": 1.0, "consistency_strong": 0.5,
+                                           "consistency_feature": 0.25, "consistency_paste": 0.25},
                      consistency={"threshold": 0.3})
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "usss_tf.cli", "train", str(config), "--run-dir", str(run_dir)]

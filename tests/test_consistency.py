@@ -163,7 +163,7 @@ def test_training_with_consistency_lowers_the_loss_and_is_deterministic():
     assert results[0][-1] < results[0][0]
 
 
-def test_univ_paper_is_univ_full_without_consistency():
+def test_univ_paper_is_univ_full_without_consistency_and_the_masked_stage():
     loss = config_lib.LossConfig(consistency_feature=0.25, consistency_paste=0.25)
     full = method.loss_weights(loss, method.plan("univ_full")[-1])
     paper = method.loss_weights(loss, method.plan("univ_paper")[-1])

@@ -16,8 +16,7 @@ def test_every_method_but_supervised_has_a_plan():
     assert [s.name for s in method.plan("univ_paper")] == ["pretrain", "centroids", "universal"]
     assert [s.name for s in method.plan("univ_basic")] == ["pretrain", "universal"]
     assert [s.name for s in method.plan("finetune")] == ["source", "target"]
-    assert [s.name for s in method.final_stages("univ_full")] == [
-        "universal", "centroids", "pretrain", "masked"]
+    assert [s.name for s in method.final_stages("univ_full")] == ["universal", "centroids", "pretrain"]
     assert method.has_label_centroids("univ_full")
     assert method.has_label_centroids("univ_paper")
     assert not any(method.has_label_centroids(m) for m in ("univ_basic", "finetune", "supervised"))
@@ -53,6 +52,8 @@ def test_supervised_runs_are_one_domain_univ_basic_runs_of_all_the_steps():
 def test_objective_weights():
     with pytest.raises(ValueError, match="unknown loss term 'entropy'"):
         Objective({"entropy": 1})
+    with pytest.raises(ValueError, match=r"stage of its own; set \['supervised'\] to 0"):
+        Objective({"masked_reconstruction": 1})
     assert Objective().weights == {"supervised": 1.0, "within_entropy": 0.0, "cross_entropy": 0.0,
                                    "embedding_supervision": 0.0, "consistency_strong": 0.0,
                                    "consistency_feature": 0.0, "consistency_paste": 0.0,

@@ -4,9 +4,11 @@ Five approaches are compared (``config.method``):
 
 * ``univ_full``: masked (masked image modelling on every training image of
   every domain, labels unused) -> pretrain (supervised, all domains) ->
-  centroids -> universal (every loss term: the entropy module and
-  weak-to-strong consistency on unlabelled images);
-* ``univ_paper``: the paper's method, ``univ_full`` without consistency;
+  centroids -> universal (every loss term of the config: the entropy module
+  and weak-to-strong consistency on unlabelled images, off by default,
+  ``config.METHOD_DEFAULTS``);
+* ``univ_paper``: the paper's method: ``univ_full`` without the masked stage
+  and consistency;
 * ``univ_basic``: pretrain -> universal, supervised loss only (a shared encoder);
 * ``finetune``: source (the first domain) -> target (the other domains),
   supervised loss only;
@@ -17,7 +19,8 @@ Five approaches are compared (``config.method``):
 A plan is data (``PLANS``): the trainer walks it and knows nothing of methods.
 ``Objective`` composes the loss terms of one stage on one batch; the model
 only provides the architecture (``encode``, ``decode``, ``embed``,
-``similarity_logits``) and a generic ``train_step`` that asks its objective.
+``similarity_logits``, ``reconstruct``) and a generic ``train_step`` that
+asks its objective.
 """
 
 import dataclasses
@@ -97,8 +100,9 @@ def plan(method):
 
 
 def final_stages(method):
-    """The stages whose checkpoint can hold a run's result, latest first."""
-    return tuple(reversed(PLANS.get(method, ())))
+    """The stages whose checkpoint can hold a run's result, latest first (not the masked
+    stage: its decoders are untrained)."""
+    return tuple(s for s in reversed(PLANS.get(method, ())) if not s.masked_modelling)
 
 
 def has_label_centroids(method):
@@ -117,7 +121,8 @@ def supervised_domain_config(config, domain_config):
     """The config of one domain's model in a ``supervised`` run: labelled data only.
 
     A ``univ_basic`` run of that domain alone whose pre-training lasts
-    ``pretrain_steps + steps`` (so every method trains for the same steps).
+    ``pretrain_steps + steps`` (so every method trains for the same supervised steps;
+    ``univ_full`` adds its masked stage's).
     """
     return dataclasses.replace(
         config,
@@ -185,6 +190,9 @@ class Objective:
             merged[key] = float(value)
         if num_domains is not None and num_domains < 2:
             merged["cross_entropy"] = 0.0
+        others = [t for t in LOSS_TERMS if t != "masked_reconstruction" and merged[t] > 0]
+        if merged["masked_reconstruction"] > 0 and others:
+            raise ValueError(f"masked_reconstruction is a stage of its own; set {others} to 0 with it")
         self.weights = merged
         if self.uses_consistency and consistency is None:
             raise ValueError("consistency terms are on: pass the ConsistencyConfig (consistency=)")

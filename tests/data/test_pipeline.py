@@ -88,10 +88,10 @@ def test_same_seed_same_batches_and_resume_matches(camvid_tree):
 def test_the_masked_stage_draws_every_training_image_with_its_mask_per_seed_and_step(camvid_tree):
     cfg = _config(camvid_tree)
     inputs = sources.prepare_domains(cfg)
-    masking = config_lib.MaskedModellingConfig(mask_ratio=0.5, patch=8)
+    masked_config = config_lib.MaskedModellingConfig(mask_ratio=0.5, patch=8)
 
     def take(start, steps, seed=0):
-        return _take(pipeline.masked_dataset(inputs, cfg.data, masking, seed, start, steps), steps)
+        return _take(pipeline.masked_dataset(inputs, cfg.data, masked_config, seed, start, steps), steps)
 
     first, resumed = take(0, 4), take(1, 3)
     for a, b in zip(first[1:], resumed):

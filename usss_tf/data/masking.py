@@ -5,8 +5,10 @@ them (rounded, at least one, never all) is masked, chosen by a stateless draw
 keyed by the sample's seed. So, like every training batch, the masks are a
 function of (seed, step): the same run masks the same pixels, also after a
 resume. The encoder sees the crop with masked cells blanked (0 after
-normalisation, the dataset mean) and the reconstruction head predicts their
-pixels (``losses.masked_reconstruction_error``).
+normalisation: the ImageNet mean colour) and the reconstruction head predicts
+their pixels (``losses.masked_reconstruction_error``). Cells over a crop's
+padding (a crop larger than the scaled image) are masked and reconstructed
+like the others: a constant colour, an easy target (measured that way).
 """
 
 import tensorflow as tf

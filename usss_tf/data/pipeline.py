@@ -285,15 +285,16 @@ def train_dataset(domain_inputs, data_config, seed, start_step, num_steps, with_
     return ds.with_options(options).prefetch(AUTOTUNE)
 
 
-def masked_dataset(domain_inputs, data_config, masking, seed, start_step, num_steps):
+def masked_dataset(domain_inputs, data_config, masked_config, seed, start_step, num_steps):
     """The masked stage's steps: ``{domain: {"images", "image_mask"}}`` per step.
 
     Each domain's crops are drawn uniformly from all its training images,
     labelled or not (labels are never read), ``batch_size +
     unlabeled_batch_size`` per step (the universal stage's images per step),
     augmented as training crops are; each has its patch mask
-    (``masking.patch_mask``, ``masking`` a ``MaskedModellingConfig``), drawn
-    from the crop's seed: a function of (seed, step) like every batch.
+    (``masking.patch_mask`` with ``masked_config``, a ``MaskedModellingConfig``),
+    drawn from a seed of its own per crop: a function of (seed, step) like
+    every batch.
     """
     per_domain = {}
     crop = tuple(data_config.crop)
@@ -303,9 +304,11 @@ def masked_dataset(domain_inputs, data_config, masking, seed, start_step, num_st
         images = [e.image for e in inputs.labeled + inputs.unlabeled]
         crops = _stream(images, None, batch_size, start_step, num_steps, stream_seed, crop, inputs.scale,
                         data_config.augment, inputs.domain.lookup_table())
-        masks = tf.data.Dataset.range(start_step * batch_size, (start_step + num_steps) * batch_size).map(
+        first, last = start_step * batch_size, (start_step + num_steps) * batch_size
+        masks = tf.data.Dataset.range(first, last).map(
             lambda i, stream_seed=stream_seed: patch_mask(
-                crop, masking.patch, masking.mask_ratio, tf.stack([tf.cast(stream_seed, tf.int64) + 15485863, i])),
+                crop, masked_config.patch, masked_config.mask_ratio,
+                tf.stack([tf.cast(stream_seed, tf.int64) + 15485863, i])),
             num_parallel_calls=AUTOTUNE, deterministic=True).batch(batch_size, drop_remainder=True)
         per_domain[inputs.domain.name] = tf.data.Dataset.zip(crops, masks).map(
             lambda x, m: {"images": x, "image_mask": m})
