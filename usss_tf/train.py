@@ -182,7 +182,11 @@ class Experiment:
             if diagnosis is not None:
                 raise diagnosis from error
             raise
-        self.run_dir.mark_done(stage.name, steps=steps, loss=self.trainer.last_logs.get("loss"))
+        loss = self.trainer.last_logs.get("loss")
+        self.run_dir.mark_done(stage.name, steps=steps, loss=loss)
+        if stage.masked_modelling and loss is not None:  # No validation says how it went.
+            self.echo(f"[{stage.name}] step {steps}/{steps}: reconstruction error {float(loss):.3f} "
+                      "(sum over domains; TensorBoard: reconstruction/<domain>)")
         return latest
 
     def _on_step(self, stage, step, steps, offset, save):
