@@ -229,6 +229,15 @@ def _stream(images, labels, batch_size, start_step, num_steps, seed, crop, scale
     return ds.batch(batch_size, drop_remainder=True)
 
 
+def _training_steps(ds):
+    """A training stage's dataset as the trainer takes it: deterministic, sharded by data
+    across workers, prefetched."""
+    options = tf.data.Options()
+    options.deterministic = True
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options).prefetch(AUTOTUNE)
+
+
 def train_dataset(domain_inputs, data_config, seed, start_step, num_steps, with_unlabeled=True,
                   consistency=None, strong_view=True, copy_paste=False):
     """One element per step: ``{domain: {"images", "labels"[, "unlabeled", ...]}}``.
@@ -279,10 +288,7 @@ def train_dataset(domain_inputs, data_config, seed, start_step, num_steps, with_
                 labeled = labeled.map(functools.partial(_add_pasted, num_classes=inputs.domain.num_classes))
         per_domain[inputs.domain.name] = labeled
     ds = tf.data.Dataset.zip(per_domain)
-    options = tf.data.Options()
-    options.deterministic = True
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return ds.with_options(options).prefetch(AUTOTUNE)
+    return _training_steps(ds)
 
 
 def masked_dataset(domain_inputs, data_config, masked_config, seed, start_step, num_steps):
@@ -313,10 +319,7 @@ def masked_dataset(domain_inputs, data_config, masked_config, seed, start_step, 
         per_domain[inputs.domain.name] = tf.data.Dataset.zip(crops, masks).map(
             lambda x, m: {"images": x, "image_mask": m})
     ds = tf.data.Dataset.zip(per_domain)
-    options = tf.data.Options()
-    options.deterministic = True
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return ds.with_options(options).prefetch(AUTOTUNE)
+    return _training_steps(ds)
 
 
 def labelled_class_frequency(label_paths, lookup_table, num_classes):
