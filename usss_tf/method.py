@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from usss_tf import config as config_lib
 from usss_tf import losses
-from usss_tf.data import masking, strong_views
+from usss_tf.data import strong_views
 from usss_tf.domains import IGNORE_LABEL
 
 METHODS = config_lib.METHODS  # The names; the config validates against them.
@@ -308,9 +308,8 @@ class Objective:
         images = [model.preprocessor(d).normalize(batch[d]["images"]) for d in names]
         masks = [batch[d]["image_mask"] for d in names]
         sizes = [tf.shape(x)[0] for x in images]
-        everything = tf.concat(images, 0)
-        features = model.encode(masking.blank(everything, tf.concat(masks, 0)), training=training)
-        reconstructions = tf.split(model.reconstruct(features, tf.shape(everything)[1:3]), sizes, 0)
+        reconstructions = tf.split(model.reconstruct_masked(
+            tf.concat(images, 0), tf.concat(masks, 0), training=training), sizes, 0)
         return {f"masked_reconstruction/{d}": losses.masked_reconstruction_error(x, r, m)
                 for d, x, r, m in zip(names, images, reconstructions, masks)}
 

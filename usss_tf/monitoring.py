@@ -30,7 +30,6 @@ from usss_tf import config as config_lib
 from usss_tf import inference, projector, visualize
 from usss_tf import method as method_lib
 from usss_tf.data import masking
-from usss_tf.model.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 PANEL_DESCRIPTION = (
     "input | ground truth | prediction{} — colours are the domain's palette, ignore is black"
@@ -206,7 +205,7 @@ class RunMonitor:
         preprocessor = model.preprocessor(domain_name)
 
         def display(normalized):
-            pixels = np.asarray(normalized, np.float32)[0] * IMAGENET_STD + IMAGENET_MEAN
+            pixels = np.asarray(normalized, np.float32)[0] * preprocessor.std + preprocessor.mean
             return np.clip(pixels, 0, 255).round().astype(np.uint8)
 
         rows = []
@@ -215,10 +214,11 @@ class RunMonitor:
             size = tuple(int(n) for n in scaled.shape[1:3])
             mask = masking.patch_mask(size, settings.patch, settings.mask_ratio,
                                       [self.config.seed, index])[None]
-            seen = masking.blank(preprocessor.normalize(scaled), mask)
-            reconstruction = model.reconstruct(model.encode(seen), size)
+            normalized = preprocessor.normalize(scaled)
+            seen = masking.blank(normalized, mask)
+            reconstruction = model.reconstruct_masked(normalized, mask)
             rows.append(np.concatenate([display(seen), display(reconstruction),
-                                        display(preprocessor.normalize(scaled))], axis=1))
+                                        display(normalized)], axis=1))
         return visualize.stack_rows(rows) if rows else None
 
     def write_reconstruction_panels(self, model, global_step):

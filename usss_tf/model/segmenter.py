@@ -22,6 +22,7 @@ import keras
 import tensorflow as tf
 
 from usss_tf import method
+from usss_tf.data import masking
 from usss_tf.model.backbones import build_backbone
 from usss_tf.model.heads import DomainDecoder, EmbeddingHead, LabelCentroids, ReconstructionHead
 from usss_tf.model.preprocessing import DomainPreprocessor
@@ -153,6 +154,12 @@ class UniversalSegmenter(keras.Model):
         if not self.reconstruction:
             raise ValueError("this model has no reconstruction head (reconstruction=False)")
         return self.reconstruction_head(features, size=size)
+
+    def reconstruct_masked(self, images, masks, training=False):
+        """Masked image modelling's one path: normalised ``images`` [B, H, W, 3] with the
+        ``masks`` [B, H, W, 1] cells blanked, encoded, reconstructed at their size."""
+        features = self.encode(masking.blank(images, masks), training=training)
+        return self.reconstruct(features, tf.shape(images)[1:3])
 
     # -- inference: the one path ----------------------------------------------------
 
