@@ -75,6 +75,43 @@ def test_a_stopped_stage_resumes_where_its_checkpoint_left_it(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_a_stage_checkpoint_restores_every_weight_and_no_optimizer_state(tmp_path):
+    """A stage started in a new process (a run resumed before the stage's first checkpoint)
+    starts as in the process that ran the stage before: from all of the previous stage's
+    weights and a fresh optimizer, not the previous optimizer's step count and moments."""
+    strategy = tf.distribute.get_strategy()
+    writer = tf.summary.create_noop_writer()
+
+    def segmenter(seed):
+        keras.utils.set_random_seed(seed)
+        model = UniversalSegmenter(DOMAINS, width=0.125, embedding_dim=8, centroids_per_class=2,
+                                   reconstruction=True)
+        model.build()
+        return model
+
+    def compiled(model):
+        model.compile(optimizer=make_optimizer(TRAIN, 4))
+        model.optimizer.build(model.trainable_variables)
+        return model.optimizer
+
+    trained = segmenter(0)
+    previous = compiled(trained)
+    previous.iterations.assign(3)
+    for momentum in previous.momentums:
+        momentum.assign(tf.ones_like(momentum))
+    path = StageTrainer(trained, strategy, RunDir(tmp_path), TRAIN, writer,
+                        echo=lambda *_: None).save_weights("pretrain")
+
+    fresh = segmenter(1)
+    StageTrainer(fresh, strategy, RunDir(tmp_path), TRAIN, writer, echo=lambda *_: None).restore_weights(path)
+    assert len(fresh.get_weights()) == len(trained.get_weights())
+    for a, b in zip(trained.get_weights(), fresh.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    optimizer = compiled(fresh)
+    assert int(optimizer.iterations.numpy()) == 0
+    assert not any(np.any(m.numpy()) for m in optimizer.momentums)
+
+
 def test_make_optimizer_reads_the_config():
     sgd = make_optimizer(TRAIN, 10)
     assert isinstance(sgd, keras.optimizers.SGD) and float(sgd.momentum) == pytest.approx(0.9)

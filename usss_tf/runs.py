@@ -93,7 +93,7 @@ def load_run(run_dir):
             config.model, backbone_weights=config.model.backbone_weights if keep_preset else None)
     ))
     model.build()
-    tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial()
+    model.weights_checkpoint().restore(checkpoint).expect_partial()
     run = run_dir_lib.RunDir(run_dir)
     return TrainedRun(
         run_dir=run_dir,

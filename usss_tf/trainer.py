@@ -88,9 +88,12 @@ class StageTrainer:
             freeze_batchnorm(model.encoder)
 
     def restore_weights(self, checkpoint_path):
-        """Loads the model's weights (not the optimizer) from a checkpoint path, if any."""
+        """Loads the model's weights (not the optimizer) from a checkpoint path, if any.
+
+        A stage's next optimizer starts fresh, whether or not this process trained the
+        stage before (``UniversalSegmenter.weights_checkpoint``)."""
         if checkpoint_path:
-            tf.train.Checkpoint(model=self.model).restore(checkpoint_path).expect_partial()
+            self.model.weights_checkpoint().restore(checkpoint_path).expect_partial()
 
     def _restore(self, checkpoint, step, path):
         """Restores a stage checkpoint; those written before the step counter existed use
@@ -116,7 +119,7 @@ class StageTrainer:
 
     def save_weights(self, stage):
         """Checkpoints the model's weights as stage ``stage`` (step 0); returns the chief's path."""
-        checkpoint = tf.train.Checkpoint(model=self.model)
+        checkpoint = self.model.weights_checkpoint()
         manager = tf.train.CheckpointManager(checkpoint, str(self.run_dir.checkpoints(stage)), 1)
         self._save(checkpoint, manager, 0)
         self.barrier()  # The chief's file is on disk for every worker.

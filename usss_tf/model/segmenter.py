@@ -128,6 +128,26 @@ class UniversalSegmenter(keras.Model):
         """Domain ``domain``'s ``DomainPreprocessor`` (its scale and the input normalisation)."""
         return getattr(self, f"preprocessor_{domain}")
 
+    def weights_checkpoint(self):
+        """A ``tf.train.Checkpoint`` of the model's weights and nothing else, under the names a
+        training checkpoint (``tf.train.Checkpoint(model=...)``) gives them, so either restores
+        from the other.
+
+        Not ``tf.train.Checkpoint(model=self)``: Keras tracks the compiled optimizer as the
+        model's child ``optimizer``, so that checkpoint holds the optimizer too, and restored
+        into a model not compiled yet it hands the saved optimizer state (its step count, so
+        its place in the learning-rate schedule, and its moments) to whatever optimizer the next
+        ``compile`` attaches. A stage started in a new process from the previous stage's
+        checkpoint would then not start from a fresh optimizer, as it does in one process.
+        """
+        layers = {"encoder": self.encoder, "embedding": self.embedding}
+        if self.reconstruction:
+            layers["reconstruction_head"] = self.reconstruction_head
+        for name in self.domains:
+            for prefix in ("decoder", "centroids", "preprocessor"):
+                layers[f"{prefix}_{name}"] = getattr(self, f"{prefix}_{name}")
+        return tf.train.Checkpoint(model=tf.train.Checkpoint(**layers))
+
     def encode(self, inputs, training=False):
         """Shared encoder: normalised float RGB [B, H, W, 3] -> features at stride 8."""
         return self.encoder(inputs, training=training)
