@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -141,6 +142,10 @@ def test_train_end_to_end_killed_and_resumed_equals_the_uninterrupted_run(tmp_pa
     stages = json.loads((run_dir / "stages.json").read_text())
     assert set(stages) == {"masked", "pretrain", "centroids"}  # masked: 0 steps here
     assert not (run_dir / "metrics.json").exists()
+    # The reference: the same run directory without the universal stage's checkpoints, so the
+    # universal stage runs uninterrupted from the same finished stages (not trained twice).
+    whole = tmp_path / "whole"
+    shutil.copytree(run_dir, whole, ignore=shutil.ignore_patterns("universal", "tensorboard"))
 
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -165,8 +170,10 @@ def test_train_end_to_end_killed_and_resumed_equals_the_uninterrupted_run(tmp_pa
     assert list((run_dir / "tensorboard" / "validation").glob("events.out.tfevents.*"))
     assert list(universal.glob("ckpt-6.index"))
 
-    whole = tmp_path / "whole"
-    train_lib.run_experiment(config_lib.load_config(config), whole, echo=lambda *_: None)
+    whole_out = []
+    train_lib.run_experiment(config_lib.load_config(config), whole, echo=whole_out.append)
+    assert "[centroids] already finished, skipping" in whole_out  # the stages before: not re-run
+    assert "[universal] resuming" not in "\n".join(whole_out)  # the stage itself: from step 0
     whole_miou = {d: r["miou"] for d, r in json.loads((whole / "metrics.json").read_text()).items()}
     assert {d: r["miou"] for d, r in metrics.items()} == pytest.approx(whole_miou, abs=1e-6)
     a = tf.train.load_checkpoint(str(whole / "checkpoints" / "universal" / "ckpt-6"))
