@@ -140,12 +140,7 @@ class UniversalSegmenter(keras.Model):
         ``compile`` attaches. A stage started in a new process from the previous stage's
         checkpoint would then not start from a fresh optimizer, as it does in one process.
         """
-        layers = {"encoder": self.encoder, "embedding": self.embedding}
-        if self.reconstruction:
-            layers["reconstruction_head"] = self.reconstruction_head
-        for name in self.domains:
-            for prefix in ("decoder", "centroids", "preprocessor"):
-                layers[f"{prefix}_{name}"] = getattr(self, f"{prefix}_{name}")
+        layers = {name: value for name, value in vars(self).items() if isinstance(value, keras.layers.Layer)}
         return tf.train.Checkpoint(model=tf.train.Checkpoint(**layers))
 
     def encode(self, inputs, training=False):
