@@ -92,6 +92,8 @@ def test_round_trip_through_yaml(tmp_path):
      "key 'masked_modelling.mask_ratio': must be in (0, 1), got 1.0"),
     (lambda: config_lib.MaskedModellingConfig(patch=0), "masked_modelling",
      "key 'masked_modelling.patch': must be >= 1, got 0"),
+    (lambda: config_lib.MaskedModellingConfig(augment="none"), "masked_modelling",
+     "key 'masked_modelling.augment': expected one of: training, flips, got 'none'"),
     (lambda: config_lib.TrainConfig(masked_steps=-1), "train", "key 'train.masked_steps': must be >= 0"),
     (lambda: config_lib.DomainConfig(name="camvid", root="x", source="hub"), "domains.3",
      "key 'domains.3.source': expected one of: folder, tfds, got 'hub'"),

@@ -24,6 +24,7 @@ from usss_tf.errors import ConfigError
 METHODS = ("supervised", "finetune", "univ_basic", "univ_full", "univ_paper")
 BACKBONES = ("erfnet", "drn_d_22", "drn_d_38", "drn_d_54", "drn_d_105", "hub")
 OPTIMIZERS = ("adamw", "sgd")
+MASKED_AUGMENTATIONS = ("training", "flips")
 # The config's sections besides name/method/seed/domains, in file order.
 SECTIONS = ("model", "data", "loss", "consistency", "masked_modelling", "centroids", "train")
 SOURCES = ("folder", "tfds")
@@ -257,16 +258,21 @@ class MaskedModellingConfig:
     encoder and a light reconstruction head learn to predict the blanked
     pixels (SimMIM, MAE). The unlabelled images thus give the encoder its
     starting point before any label is seen (``usss_tf.data.masking``).
+    ``augment``: ``training``, the crops augmented as training crops are
+    (``data.augment``); ``flips``, horizontal flips only (no scale jitter, so
+    no padding, and no colour jitter: the targets are the images' own colours).
     """
 
     mask_ratio: float = 0.5
     patch: int = 16
+    augment: str = "training"
 
     def validate(self, key="masked_modelling"):
         if not 0.0 < self.mask_ratio < 1.0:
             raise ConfigError(f"key '{key}.mask_ratio': must be in (0, 1), got {self.mask_ratio}")
         if self.patch < 1:
             raise ConfigError(f"key '{key}.patch': must be >= 1, got {self.patch}")
+        _check_choice(f"{key}.augment", self.augment, MASKED_AUGMENTATIONS)
 
 
 @dataclasses.dataclass

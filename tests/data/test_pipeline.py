@@ -106,6 +106,29 @@ def test_the_masked_stage_draws_every_training_image_with_its_mask_per_seed_and_
     assert not np.array_equal(b["image_mask"][0], first[0]["synth_camvid"]["image_mask"][0])
 
 
+def test_the_masked_stage_can_flip_its_crops_only(camvid_tree):
+    """``masked_modelling.augment: flips``: every crop is a window of a training
+    image or of its mirror image, as stored (no rescaling, padding or colour jitter)."""
+    cfg = _config(camvid_tree)
+    inputs = sources.prepare_domains(cfg)
+    flips, training = (
+        _take(pipeline.masked_dataset(inputs, cfg.data, config_lib.MaskedModellingConfig(augment=a), 0, 0, 4), 4)
+        for a in ("flips", "training"))
+    domain = inputs[1]
+    stored = [np.asarray(Image.open(e.image).convert("RGB"), np.float32)
+              for e in domain.labeled + domain.unlabeled]
+    stored += [s[:, ::-1] for s in stored]
+
+    def is_a_window(crop):
+        h, w = crop.shape[:2]
+        return any(np.array_equal(crop, s[y:y + h, x:x + w])
+                   for s in stored for y in range(s.shape[0] - h + 1) for x in range(s.shape[1] - w + 1))
+
+    crops = [c for b in flips for c in b["camvid"]["images"]]
+    assert all(is_a_window(c) for c in crops)
+    assert not all(is_a_window(c) for b in training[:1] for c in b["camvid"]["images"])
+
+
 def test_batch_structure_shapes_and_label_values(camvid_tree):
     cfg = _config(camvid_tree)
     inputs = sources.prepare_domains(cfg)

@@ -8,6 +8,7 @@ and a resumed run continues exactly where its checkpoint left off without
 replaying the pipeline.
 """
 
+import dataclasses
 import functools
 import json
 import pathlib
@@ -297,7 +298,8 @@ def masked_dataset(domain_inputs, data_config, masked_config, seed, start_step, 
     Each domain's crops are drawn uniformly from all its training images,
     labelled or not (labels are never read), ``batch_size +
     unlabeled_batch_size`` per step (the universal stage's images per step),
-    augmented as training crops are; each has its patch mask
+    augmented as training crops are or flipped only (``masked_config.augment``);
+    each has its patch mask
     (``masking.patch_mask`` with ``masked_config``, a ``MaskedModellingConfig``),
     drawn from a seed of its own per crop: a function of (seed, step) like
     every batch.
@@ -305,11 +307,14 @@ def masked_dataset(domain_inputs, data_config, masked_config, seed, start_step, 
     per_domain = {}
     crop = tuple(data_config.crop)
     batch_size = data_config.batch_size + data_config.unlabeled_batch_size
+    augment_config = data_config.augment
+    if masked_config.augment == "flips":
+        augment_config = dataclasses.replace(augment_config, min_scale=1.0, max_scale=1.0, photometric=False)
     for inputs in domain_inputs:
         stream_seed = domain_seed(seed, inputs.domain.name) * 4 + MASKED_STREAM
         images = [e.image for e in inputs.labeled + inputs.unlabeled]
         crops = _stream(images, None, batch_size, start_step, num_steps, stream_seed, crop, inputs.scale,
-                        data_config.augment, inputs.domain.lookup_table())
+                        augment_config, inputs.domain.lookup_table())
         first, last = start_step * batch_size, (start_step + num_steps) * batch_size
         masks = tf.data.Dataset.range(first, last).map(
             lambda i, stream_seed=stream_seed: patch_mask(
