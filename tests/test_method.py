@@ -36,6 +36,10 @@ def test_stages_pick_their_steps_domains_and_losses():
     source, target = method.plan("finetune")
     assert source.select(["a", "b", "c"]) == ["a"] and target.select(["a", "b", "c"]) == ["b", "c"]
     assert method.loss_weights(loss, target) == {"supervised": 1.0}
+    auxiliary = dataclasses.replace(loss, masked_auxiliary=0.5)
+    assert method.loss_weights(auxiliary, universal)["masked_auxiliary"] == 0.5
+    # univ_paper's universal stage has no consistency terms and no auxiliary reconstruction.
+    assert method.loss_weights(auxiliary, method.plan("univ_paper")[2])["masked_auxiliary"] == 0.0
 
 
 def test_supervised_runs_are_one_domain_univ_basic_runs_of_all_the_steps():
@@ -54,10 +58,12 @@ def test_objective_weights():
         Objective({"entropy": 1})
     with pytest.raises(ValueError, match=r"stage of its own; set \['supervised'\] to 0"):
         Objective({"masked_reconstruction": 1})
+    with pytest.raises(ValueError, match=r"set \['masked_auxiliary'\] to 0"):
+        Objective({"supervised": 0, "masked_reconstruction": 1, "masked_auxiliary": 1})
     assert Objective().weights == {"supervised": 1.0, "within_entropy": 0.0, "cross_entropy": 0.0,
                                    "embedding_supervision": 0.0, "consistency_strong": 0.0,
                                    "consistency_feature": 0.0, "consistency_paste": 0.0,
-                                   "masked_reconstruction": 0.0}
+                                   "masked_reconstruction": 0.0, "masked_auxiliary": 0.0}
     single = Objective({"cross_entropy": 1.0}, num_domains=1)
     assert single.weights["cross_entropy"] == 0.0 and not single.uses_unlabeled
     full = Objective({"within_entropy": 0.1}, num_domains=2)
@@ -92,6 +98,9 @@ def test_only_univ_full_with_masked_steps_has_a_reconstruction_head():
 
     assert method.trains_masked_modelling(config("univ_full", 3))
     assert not method.trains_masked_modelling(config("univ_full", 0))
+    auxiliary_only = config("univ_full", 0)
+    auxiliary_only.loss.masked_auxiliary = 0.5
+    assert method.trains_masked_modelling(auxiliary_only)
     assert not any(method.trains_masked_modelling(config(m, 3))
                    for m in ("univ_paper", "univ_basic", "supervised"))
     model = UniversalSegmenter.from_experiment(config("univ_full", 3))
@@ -140,4 +149,35 @@ def test_the_masked_stage_reconstructs_every_crop_and_trains_only_the_encoder_an
     assert all(g is None for g in gradients[len(trained):]) and untouched
     del batch["a"]["image_mask"]
     with pytest.raises(ValueError, match="'image_mask'"):
+        objective.terms(model, batch)
+
+
+def test_the_auxiliary_reconstruction_is_the_masked_error_on_the_unlabelled_crops():
+    from usss_tf.data import masking
+
+    model = UniversalSegmenter({"a": 3, "b": 4}, width=0.125, embedding_dim=8, centroids_per_class=2,
+                               reconstruction=True)
+    model.build()
+    rng = np.random.default_rng(1)
+    batch = {
+        d: {"images": tf.constant(rng.uniform(0, 255, (2, 16, 32, 3)), tf.float32),
+            "labels": tf.constant(rng.integers(0, c, (2, 16, 32)), tf.int32),
+            "unlabeled": tf.constant(rng.uniform(0, 255, (3, 16, 32, 3)), tf.float32),
+            "unlabeled_mask": tf.stack([masking.patch_mask((16, 32), 8, 0.5, [k, i]) for i in range(3)])}
+        for k, (d, c) in enumerate(model.domains.items())
+    }
+    objective = Objective({"supervised": 1.0, "masked_auxiliary": 0.5}, num_domains=2)
+    assert objective.uses_unlabeled and not objective.uses_embedding
+    terms = objective.terms(model, batch, training=False)
+    assert sorted(terms) == ["masked_auxiliary/a", "masked_auxiliary/b", "supervised/a", "supervised/b"]
+    images = model.preprocessor("a").normalize(batch["a"]["unlabeled"])
+    masks = batch["a"]["unlabeled_mask"].numpy()
+    predicted = model.reconstruct_masked(images, masks).numpy()
+    expected = ((np.mean((predicted - images.numpy()) ** 2, -1, keepdims=True) * masks).sum() / masks.sum())
+    assert float(terms["masked_auxiliary/a"]) == pytest.approx(expected, rel=1e-4)
+    assert float(objective.total(terms)) == pytest.approx(
+        sum(float(terms[f"supervised/{d}"]) + 0.5 * float(terms[f"masked_auxiliary/{d}"]) for d in "ab"),
+        rel=1e-6)
+    del batch["b"]["unlabeled_mask"]
+    with pytest.raises(ValueError, match="'unlabeled_mask'"):
         objective.terms(model, batch)

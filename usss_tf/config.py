@@ -192,6 +192,10 @@ class LossConfig:
     consistency_strong: float = 0.0
     consistency_feature: float = 0.0
     consistency_paste: float = 0.0
+    # Masked image modelling of the unlabelled crops alongside the other terms
+    # of the universal stage (the masked stage's reconstruction head and
+    # masked_modelling's cells and ratio; univ_full only).
+    masked_auxiliary: float = 0.0
 
     def validate(self, key="loss"):
         for name, value in dataclasses.asdict(self).items():

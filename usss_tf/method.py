@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from usss_tf import config as config_lib
 from usss_tf import losses
-from usss_tf.data import strong_views
+from usss_tf.data import masking, strong_views
 from usss_tf.domains import IGNORE_LABEL
 
 METHODS = config_lib.METHODS  # The names; the config validates against them.
@@ -40,7 +40,7 @@ SOURCE, TARGET = "source", "target"
 
 LOSS_TERMS = ("supervised", "within_entropy", "cross_entropy", "embedding_supervision",
               "consistency_strong", "consistency_feature", "consistency_paste",
-              "masked_reconstruction")
+              "masked_reconstruction", "masked_auxiliary")
 CONSISTENCY_TERMS = ("consistency_strong", "consistency_feature", "consistency_paste")
 
 
@@ -111,10 +111,11 @@ def has_label_centroids(method):
 
 
 def trains_masked_modelling(config):
-    """Whether a run of ``config`` has a ``masked`` stage with steps (so its model a
-    reconstruction head)."""
-    return config.train.masked_steps > 0 and any(
-        stage.masked_modelling for stage in PLANS.get(config.method, ()))
+    """Whether a run of ``config`` has a ``masked`` stage with steps or the
+    ``masked_auxiliary`` term (so its model a reconstruction head)."""
+    stages = PLANS.get(config.method, ())
+    return (config.train.masked_steps > 0 and any(stage.masked_modelling for stage in stages)) or (
+        config.loss.masked_auxiliary > 0 and any(stage.consistency for stage in stages))
 
 
 def supervised_domain_config(config, domain_config):
@@ -145,7 +146,7 @@ def loss_weights(loss_config, stage):
         return {"supervised": loss_config.supervised}
     weights = dataclasses.asdict(loss_config)
     if not stage.consistency:
-        weights.update(dict.fromkeys(CONSISTENCY_TERMS, 0.0))
+        weights.update(dict.fromkeys(CONSISTENCY_TERMS + ("masked_auxiliary",), 0.0))
     return weights
 
 
@@ -178,7 +179,9 @@ class Objective:
       true labels are targets wherever pasted, whatever the threshold;
     * masked_reconstruction: the ``masked`` stage's only term, the squared
       error of the reconstruction head on the masked cells of every crop of
-      the domain (``usss_tf.data.masking``).
+      the domain (``usss_tf.data.masking``);
+    * masked_auxiliary: the same on the unlabelled crops (their cells in
+      ``"unlabeled_mask"``), alongside the segmentation terms.
     """
 
     def __init__(self, weights=None, num_domains=None, consistency=None):
@@ -211,8 +214,12 @@ class Objective:
         return self.weights["masked_reconstruction"] > 0
 
     @property
+    def uses_masked_auxiliary(self):
+        return self.weights["masked_auxiliary"] > 0
+
+    @property
     def uses_unlabeled(self):
-        return self.uses_entropy or self.uses_consistency or self.uses_masking
+        return self.uses_entropy or self.uses_consistency or self.uses_masking or self.uses_masked_auxiliary
 
     @property
     def uses_embedding(self):
@@ -243,7 +250,9 @@ class Objective:
         for d in names:
             normalize = model.preprocessor(d).normalize
             add((d, "labeled"), normalize(batch[d]["images"]))
-            if self.uses_unlabeled and "unlabeled" in batch[d]:
+            if "unlabeled" not in batch[d]:
+                continue
+            if self.uses_entropy or self.uses_consistency:
                 add((d, "weak"), normalize(batch[d]["unlabeled"]))
                 if self.weights["consistency_strong"] > 0:
                     if "unlabeled_strong" not in batch[d]:
@@ -256,6 +265,11 @@ class Objective:
                         raise ValueError(f"domain {d!r}: consistency_paste is on but the batch has no "
                                          "copy-paste view (pipeline.train_dataset(copy_paste=True))")
                     add((d, "pasted"), normalize(batch[d]["unlabeled_pasted"]))
+            if self.uses_masked_auxiliary:
+                if "unlabeled_mask" not in batch[d]:
+                    raise ValueError(f"domain {d!r}: masked_auxiliary is on but the batch has no "
+                                     "'unlabeled_mask' (pipeline.train_dataset(masked=...))")
+                add((d, "masked"), masking.blank(normalize(batch[d]["unlabeled"]), batch[d]["unlabeled_mask"]))
         sizes = [tf.shape(c)[0] for c in chunks]
         features = tf.split(model.encode(tf.concat(chunks, 0), training=training), sizes, 0)
         # Embeddings of the labelled images (embedding supervision) and, for the
@@ -278,6 +292,11 @@ class Objective:
                 sim = model.similarity_logits(embeddings[labelled], d)
                 sim = tf.image.resize(sim, label_size, method="bilinear")
                 terms[f"embedding_supervision/{d}"] = losses.replica_masked_cross_entropy(labels, sim)
+            if (d, "masked") in where:
+                targets = model.preprocessor(d).normalize(batch[d]["unlabeled"])
+                reconstructions = model.reconstruct(features[where[(d, "masked")]], tf.shape(targets)[1:3])
+                terms[f"masked_auxiliary/{d}"] = losses.masked_reconstruction_error(
+                    targets, reconstructions, batch[d]["unlabeled_mask"])
             if (d, "weak") not in where:
                 continue
             weak = where[(d, "weak")]

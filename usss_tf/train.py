@@ -169,7 +169,8 @@ class Experiment:
             return pipeline.train_dataset(inputs, cfg.data, cfg.seed, first_step, num_steps,
                                           with_unlabeled=with_unlabeled, consistency=consistency,
                                           strong_view=objective.weights["consistency_strong"] > 0,
-                                          copy_paste=objective.weights["consistency_paste"] > 0)
+                                          copy_paste=objective.weights["consistency_paste"] > 0,
+                                          masked=cfg.masked_modelling if objective.uses_masked_auxiliary else None)
 
         try:
             latest = self.trainer.train(

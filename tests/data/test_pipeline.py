@@ -129,6 +129,27 @@ def test_the_masked_stage_can_flip_its_crops_only(camvid_tree):
     assert not all(is_a_window(c) for b in training[:1] for c in b["camvid"]["images"])
 
 
+def test_the_unlabelled_crops_get_their_patch_masks_per_seed_and_step(camvid_tree):
+    cfg = _config(camvid_tree)
+    inputs = sources.prepare_domains(cfg)
+    masked = config_lib.MaskedModellingConfig(mask_ratio=0.5, patch=8)
+
+    def take(start, steps, masked=masked):
+        return _take(pipeline.train_dataset(inputs, cfg.data, 0, start, steps, masked=masked), steps)
+
+    first, resumed = take(0, 3), take(1, 2)
+    for a, b in zip(first[1:], resumed):
+        tf.nest.map_structure(np.testing.assert_array_equal, a, b)
+    b = first[0]["camvid"]
+    # unlabeled_batch_size masks of 3 x 5 cells of 8 pixels, 8 masked; the crops are those without masks.
+    assert b["unlabeled_mask"].shape == (3, 24, 40, 1)
+    assert (b["unlabeled_mask"].sum(axis=(1, 2, 3)) == 8 * 64).all()
+    assert not np.array_equal(b["unlabeled_mask"][0], first[0]["synth_camvid"]["unlabeled_mask"][0])
+    plain = take(0, 1, masked=None)[0]["camvid"]
+    assert "unlabeled_mask" not in plain
+    np.testing.assert_array_equal(plain["unlabeled"], b["unlabeled"])
+
+
 def test_batch_structure_shapes_and_label_values(camvid_tree):
     cfg = _config(camvid_tree)
     inputs = sources.prepare_domains(cfg)

@@ -240,7 +240,7 @@ def _training_steps(ds):
 
 
 def train_dataset(domain_inputs, data_config, seed, start_step, num_steps, with_unlabeled=True,
-                  consistency=None, strong_view=True, copy_paste=False):
+                  consistency=None, strong_view=True, copy_paste=False, masked=None):
     """One element per step: ``{domain: {"images", "labels"[, "unlabeled", ...]}}``.
 
     Args:
@@ -256,6 +256,8 @@ def train_dataset(domain_inputs, data_config, seed, start_step, num_steps, with_
         crops' small-class pixels pasted in (``usss_tf.data.copy_paste``), built on
         the global batch: ``"unlabeled_pasted"`` and ``"pasted_labels"``
         (``IGNORE_LABEL`` where nothing is pasted).
+      masked: a ``MaskedModellingConfig`` to give each unlabelled crop its
+        patch mask (``"unlabeled_mask"``, the ``masked_auxiliary`` term).
     """
     per_domain = {}
     crop = tuple(data_config.crop)
@@ -284,6 +286,10 @@ def train_dataset(domain_inputs, data_config, seed, start_step, num_steps, with_
             )
             if consistency is None:
                 unlabeled = unlabeled.map(lambda u: {"unlabeled": u})
+            if masked is not None:
+                masks = _patch_masks(base * 4 + UNLABELED_STREAM, crop, masked, start_step, num_steps,
+                                     data_config.unlabeled_batch_size)
+                unlabeled = tf.data.Dataset.zip(unlabeled, masks).map(lambda u, m: {**u, "unlabeled_mask": m})
             labeled = tf.data.Dataset.zip(labeled, unlabeled).map(lambda l, u: {**l, **u})
             if copy_paste:
                 labeled = labeled.map(functools.partial(_add_pasted, num_classes=inputs.domain.num_classes))
@@ -315,16 +321,21 @@ def masked_dataset(domain_inputs, data_config, masked_config, seed, start_step, 
         images = [e.image for e in inputs.labeled + inputs.unlabeled]
         crops = _stream(images, None, batch_size, start_step, num_steps, stream_seed, crop, inputs.scale,
                         augment_config, inputs.domain.lookup_table())
-        first, last = start_step * batch_size, (start_step + num_steps) * batch_size
-        masks = tf.data.Dataset.range(first, last).map(
-            lambda i, stream_seed=stream_seed: patch_mask(
-                crop, masked_config.patch, masked_config.mask_ratio,
-                tf.stack([tf.cast(stream_seed, tf.int64) + 15485863, i])),
-            num_parallel_calls=AUTOTUNE, deterministic=True).batch(batch_size, drop_remainder=True)
+        masks = _patch_masks(stream_seed, crop, masked_config, start_step, num_steps, batch_size)
         per_domain[inputs.domain.name] = tf.data.Dataset.zip(crops, masks).map(
             lambda x, m: {"images": x, "image_mask": m})
     ds = tf.data.Dataset.zip(per_domain)
     return _training_steps(ds)
+
+
+def _patch_masks(stream_seed, crop, masked_config, start_step, num_steps, batch_size):
+    """Batches of patch masks (``masking.patch_mask``) for the crops of a stream:
+    one per crop, from a seed of its own, a function of (stream seed, step)."""
+    first, last = start_step * batch_size, (start_step + num_steps) * batch_size
+    return tf.data.Dataset.range(first, last).map(
+        lambda i: patch_mask(crop, masked_config.patch, masked_config.mask_ratio,
+                             tf.stack([tf.cast(stream_seed, tf.int64) + 15485863, i])),
+        num_parallel_calls=AUTOTUNE, deterministic=True).batch(batch_size, drop_remainder=True)
 
 
 def labelled_class_frequency(label_paths, lookup_table, num_classes):
