@@ -79,3 +79,17 @@ def test_a_run_directory_is_resumed_only_with_the_config_it_was_written_with(tmp
     run.config_path.write_text(yaml.safe_dump(written, sort_keys=False))
     with pytest.raises(ConfigError, match=r"config.yaml: .*older usss-tf, without the keys loss.consistency_paste;"):
         run.save_config(config)
+
+    # A key added later with the earlier versions' behaviour as its default resumes at that value only.
+    written["loss"]["consistency_paste"] = config.loss.consistency_paste
+    del written["loss"]["masked_auxiliary"], written["masked_modelling"]["augment"]
+    run.config_path.write_text(yaml.safe_dump(written, sort_keys=False))
+    run.save_config(config)
+    written = yaml.safe_load(run.config_path.read_text())
+    assert written["loss"]["masked_auxiliary"] == 0.0  # recorded from now on
+    del written["loss"]["masked_auxiliary"]
+    run.config_path.write_text(yaml.safe_dump(written, sort_keys=False))
+    auxiliary = _config({**tiny_run_settings, "loss": {**tiny_run_settings.get("loss", {}), "masked_auxiliary": 0.5}},
+                        tmp_path)
+    with pytest.raises(ConfigError, match="without the keys loss.masked_auxiliary;"):
+        run.save_config(auxiliary)

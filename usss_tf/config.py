@@ -601,6 +601,13 @@ WATCH_ONLY_KEYS = frozenset({
     "train.image_every", "train.panel_images",
 })
 
+# Keys added after runs were written whose default is what every earlier
+# version did: a config.yaml without one resumes when the value is that default.
+ADDED_WITH_EARLIER_BEHAVIOUR = {
+    "masked_modelling.augment": "training",
+    "loss.masked_auxiliary": 0.0,
+}
+
 
 def flatten(mapping, prefix=""):
     """``{"a": {"b": 1}, "l": [{"c": 2}]}`` -> ``{"a.b": 1, "l.0.c": 2}`` (dotted config keys)."""

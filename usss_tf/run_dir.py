@@ -127,14 +127,16 @@ class RunDir:
         only change logging) is refused: resuming must not silently change the
         experiment. So is one whose ``config.yaml`` lacks keys this version
         has (written before they existed): filling them with today's defaults
-        could change what the run does. Returns ``self``.
+        could change what the run does, unless the key's value is what every
+        earlier version did (``config.ADDED_WITH_EARLIER_BEHAVIOUR``). Returns ``self``.
         """
         saved = self.config_path
         if saved.exists():
             before = config_lib.flatten(config_lib.load_config(saved).to_dict())
             after = config_lib.flatten(config.to_dict())
             written = config_lib.flatten(yaml.safe_load(saved.read_text()) or {})
-            missing = sorted(set(after) - set(written) - config_lib.WATCH_ONLY_KEYS)
+            earlier = {k for k, v in config_lib.ADDED_WITH_EARLIER_BEHAVIOUR.items() if after.get(k) == v}
+            missing = sorted(set(after) - set(written) - config_lib.WATCH_ONLY_KEYS - earlier)
             if missing:
                 raise ConfigError(
                     f"{saved}: this run directory was written by an older usss-tf, without the "
