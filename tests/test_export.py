@@ -111,6 +111,14 @@ def test_layout_and_domain_assets(model_base, version_dir):
     assert (version_dir / "assets.extra" / "tf_serving_warmup_requests").is_file()
 
 
+def test_the_export_holds_every_serving_weight_and_not_the_reconstruction_head(trained, version_dir):
+    model = trained.model
+    assert model.reconstruction  # the tiny run has a masked stage
+    saved = [name for name, _ in tf.train.list_variables(str(version_dir / "variables" / "variables"))
+             if name.endswith("VARIABLE_VALUE")]
+    assert len(saved) == len(model.weights) - len(model.reconstruction_head.weights) > 0
+
+
 def test_domains_asset_is_a_savedmodel_asset(reloaded, version_dir):
     path = pathlib.Path(reloaded.domains_asset.asset_path.numpy().decode())
     assert path == version_dir / "assets" / "domains.json"

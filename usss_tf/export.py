@@ -275,11 +275,14 @@ class SegmenterServingModule(tf.Module):
     under the TF1 session loader (TF Serving's) every read fails with "Could
     not find variable" (keras-team/keras#20095). ``tf.saved_model.load``
     hides the problem; tracking the underlying variables saves each weight once.
+    The reconstruction head of masked image modelling is left out: training
+    uses it, no signature does.
     """
 
     def __init__(self, model, domains_json_path, with_embedding=True, **limits):
         super().__init__(name="usss_serving")
-        self.model_variables = [v.value for v in model.weights]
+        training_only = {id(v) for v in model.reconstruction_head.weights} if model.reconstruction else set()
+        self.model_variables = [v.value for v in model.weights if id(v) not in training_only]
         self.domains_asset = tf.saved_model.Asset(str(domains_json_path))
         self.serving_signatures = {
             name: function.get_concrete_function()
