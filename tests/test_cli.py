@@ -128,7 +128,8 @@ def test_train_end_to_end_killed_and_resumed_equals_the_uninterrupted_run(tmp_pa
     # Every term on (univ_full's defaults leave most off), both consistency streams among them.
     config = _config(tmp_path, root, loss={"within_entropy": 0.1, "cross_entropy": 0.1,
                                            "embedding_supervision": 1.0, "consistency_strong": 0.5,
-                                           "consistency_feature": 0.25, "consistency_paste": 0.25},
+                                           "consistency_feature": 0.25, "consistency_paste": 0.25,
+                                           "masked_auxiliary": 0.5},
                      consistency={"threshold": 0.3})
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "usss_tf.cli", "train", str(config), "--run-dir", str(run_dir)]

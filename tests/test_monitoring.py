@@ -120,7 +120,8 @@ def test_train_scalars(tiny_run):
     tags = set(train.Tags()["tensors"])
     assert {"masked/loss", "masked/masked_reconstruction/synth_city", "pretrain/loss",
             "universal/loss", "universal/within_entropy/synth_city",
-            "universal/cross_entropy/synth_camvid", "universal/images_per_second",
+            "universal/cross_entropy/synth_camvid", "universal/masked_auxiliary/synth_city",
+            "universal/images_per_second",
             "universal/learning_rate"} <= tags
 
 

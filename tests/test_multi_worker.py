@@ -35,7 +35,7 @@ TINY = {
     # No masked or pretraining stage: the universal step has every loss term (the supervised
     # one included), and each stage costs every process of the test a trace.
     "loss": {"within_entropy": 0.1, "cross_entropy": 0.1, "embedding_supervision": 1.0,
-             "consistency_feature": 0.25, "consistency_paste": 0.25},
+             "consistency_feature": 0.25, "consistency_paste": 0.25, "masked_auxiliary": 0.5},
     "train": {"masked_steps": 0, "pretrain_steps": 0, "steps": 4, "checkpoint_every": 2, "log_every": 1,
               "verbose": 0, "optimizer": "sgd", "learning_rate": 0.01, "panel_images": 0},
 }

@@ -120,7 +120,8 @@ class ReconstructionHead(keras.layers.Layer):
     ``3 * stride**2`` channels rearranged to a ``stride``-times larger image
     (depth to space). Deliberately light, as the decoders are, so the encoder
     must carry what a masked cell looked like (SimMIM: a linear head suffices).
-    Only the ``masked`` stage trains or calls it; inference never does.
+    Only the ``masked`` stage and the ``masked_auxiliary`` term train or call
+    it; inference never does (exports leave it out).
     """
 
     def __init__(self, stride=8, hidden=64, **kwargs):

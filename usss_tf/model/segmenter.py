@@ -48,7 +48,7 @@ class UniversalSegmenter(keras.Model):
       scales: optional mapping of domain name -> the scale its images are
         resized by before the encoder (default 1.0), as in training.
       reconstruction: add the ``ReconstructionHead`` of masked image
-        modelling (``univ_full``'s ``masked`` stage); inference never uses it.
+        modelling (``univ_full``'s ``masked`` stage, ``loss.masked_auxiliary``); inference never uses it.
     """
 
     def __init__(
