@@ -269,7 +269,8 @@ class Objective:
                 if "unlabeled_mask" not in batch[d]:
                     raise ValueError(f"domain {d!r}: masked_auxiliary is on but the batch has no "
                                      "'unlabeled_mask' (pipeline.train_dataset(masked=...))")
-                add((d, "masked"), masking.blank(normalize(batch[d]["unlabeled"]), batch[d]["unlabeled_mask"]))
+                add((d, "masked"),
+                    masking.blank(normalize(batch[d]["unlabeled"]), batch[d]["unlabeled_mask"]))
         sizes = [tf.shape(c)[0] for c in chunks]
         features = tf.split(model.encode(tf.concat(chunks, 0), training=training), sizes, 0)
         # Embeddings of the labelled images (embedding supervision) and, for the
