@@ -90,17 +90,18 @@ def test_objective_terms_and_their_weighted_total():
     assert 0.0 <= float(terms["within_entropy/b"]) <= np.log(4) + 1e-6
 
 
-def test_only_univ_full_with_masked_steps_has_a_reconstruction_head():
-    def config(method_name, masked_steps):
+def test_only_univ_full_with_masked_steps_or_the_auxiliary_term_has_a_reconstruction_head():
+    def config(method_name, masked_steps, masked_auxiliary=0.0):
         return config_lib.config_from_dict({
             "name": "x", "method": method_name, "domains": [{"name": "synth_city", "root": "a"}],
-            "train": {"masked_steps": masked_steps}})
+            "train": {"masked_steps": masked_steps}, "loss": {"masked_auxiliary": masked_auxiliary}})
 
     assert method.trains_masked_modelling(config("univ_full", 3))
     assert not method.trains_masked_modelling(config("univ_full", 0))
-    auxiliary_only = config("univ_full", 0)
-    auxiliary_only.loss.masked_auxiliary = 0.5
-    assert method.trains_masked_modelling(auxiliary_only)
+    assert method.trains_masked_modelling(config("univ_full", 0, masked_auxiliary=0.5))
+    # The term is univ_full's universal stage's only: no head for the others.
+    assert not any(method.trains_masked_modelling(config(m, 3, masked_auxiliary=0.5))
+                   for m in ("univ_paper", "univ_basic", "supervised"))
     assert not any(method.trains_masked_modelling(config(m, 3))
                    for m in ("univ_paper", "univ_basic", "supervised"))
     model = UniversalSegmenter.from_experiment(config("univ_full", 3))

@@ -263,8 +263,11 @@ class MaskedModellingConfig:
     pixels (SimMIM, MAE). The unlabelled images thus give the encoder its
     starting point before any label is seen (``usss_tf.data.masking``).
     ``augment``: ``training``, the crops augmented as training crops are
-    (``data.augment``); ``flips``, horizontal flips only (no scale jitter, so
-    no padding, and no colour jitter: the targets are the images' own colours).
+    (``data.augment``); ``flips``, no random scale and no colour jitter (the
+    targets are the images' own colours), flipped if ``data.augment.flip``;
+    images still resized by their domain's scale, and padded where smaller
+    than the crop. ``loss.masked_auxiliary`` uses ``mask_ratio`` and ``patch``
+    on the universal stage's unlabelled crops, augmented as they are.
     """
 
     mask_ratio: float = 0.5

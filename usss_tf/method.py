@@ -54,7 +54,8 @@ class Stage:
       domains: which domains it trains on: ``all``, ``first`` or ``rest``.
       steps_key: the ``train.*`` key that counts its steps.
       all_losses: every loss term of ``config.loss`` (else the supervised loss only).
-      consistency: with ``all_losses``, the consistency terms too (else they are off).
+      consistency: with ``all_losses``, the consistency terms and ``masked_auxiliary``
+        too (else they are off).
       masked_modelling: masked image modelling instead of any segmentation loss:
         the encoder and the reconstruction head learn from every training image
         (labelled or not, labels unused); no validation (the decoders are untrained).
@@ -113,9 +114,10 @@ def has_label_centroids(method):
 def trains_masked_modelling(config):
     """Whether a run of ``config`` has a ``masked`` stage with steps or the
     ``masked_auxiliary`` term (so its model a reconstruction head)."""
-    stages = PLANS.get(config.method, ())
-    return (config.train.masked_steps > 0 and any(stage.masked_modelling for stage in stages)) or (
-        config.loss.masked_auxiliary > 0 and any(stage.consistency for stage in stages))
+    reconstructing = ("masked_reconstruction", "masked_auxiliary")
+    return any(stage.steps(config.train) > 0
+               and any(loss_weights(config.loss, stage).get(term, 0.0) > 0 for term in reconstructing)
+               for stage in PLANS.get(config.method, ()))
 
 
 def supervised_domain_config(config, domain_config):
@@ -241,7 +243,7 @@ class Objective:
         cross = w["cross_entropy"] > 0 and len(model.domains) > 1
         # What is left of the domain's preprocessing is normalisation: the
         # augmentation resized images and masks together.
-        chunks, where = [], {}
+        chunks, where, targets = [], {}, {}
 
         def add(key, images):
             where[key] = len(chunks)
@@ -252,8 +254,9 @@ class Objective:
             add((d, "labeled"), normalize(batch[d]["images"]))
             if "unlabeled" not in batch[d]:
                 continue
+            unlabeled_images = normalize(batch[d]["unlabeled"])
             if self.uses_entropy or self.uses_consistency:
-                add((d, "weak"), normalize(batch[d]["unlabeled"]))
+                add((d, "weak"), unlabeled_images)
                 if self.weights["consistency_strong"] > 0:
                     if "unlabeled_strong" not in batch[d]:
                         raise ValueError(f"domain {d!r}: consistency terms are on but the batch has no "
@@ -269,8 +272,9 @@ class Objective:
                 if "unlabeled_mask" not in batch[d]:
                     raise ValueError(f"domain {d!r}: masked_auxiliary is on but the batch has no "
                                      "'unlabeled_mask' (pipeline.train_dataset(masked=...))")
-                add((d, "masked"),
-                    masking.blank(normalize(batch[d]["unlabeled"]), batch[d]["unlabeled_mask"]))
+                # In the one encoder pass: BatchNorm's batch statistics include the blanked crops.
+                add((d, "masked"), masking.blank(unlabeled_images, batch[d]["unlabeled_mask"]))
+                targets[d] = unlabeled_images
         sizes = [tf.shape(c)[0] for c in chunks]
         features = tf.split(model.encode(tf.concat(chunks, 0), training=training), sizes, 0)
         # Embeddings of the labelled images (embedding supervision) and, for the
@@ -294,10 +298,10 @@ class Objective:
                 sim = tf.image.resize(sim, label_size, method="bilinear")
                 terms[f"embedding_supervision/{d}"] = losses.replica_masked_cross_entropy(labels, sim)
             if (d, "masked") in where:
-                targets = model.preprocessor(d).normalize(batch[d]["unlabeled"])
-                reconstructions = model.reconstruct(features[where[(d, "masked")]], tf.shape(targets)[1:3])
+                reconstructions = model.reconstruct(features[where[(d, "masked")]],
+                                                    tf.shape(targets[d])[1:3])
                 terms[f"masked_auxiliary/{d}"] = losses.masked_reconstruction_error(
-                    targets, reconstructions, batch[d]["unlabeled_mask"])
+                    targets[d], reconstructions, batch[d]["unlabeled_mask"])
             if (d, "weak") not in where:
                 continue
             weak = where[(d, "weak")]

@@ -145,6 +145,9 @@ def test_the_unlabelled_crops_get_their_patch_masks_per_seed_and_step(camvid_tre
     assert b["unlabeled_mask"].shape == (3, 24, 40, 1)
     assert (b["unlabeled_mask"].sum(axis=(1, 2, 3)) == 8 * 64).all()
     assert not np.array_equal(b["unlabeled_mask"][0], first[0]["synth_camvid"]["unlabeled_mask"][0])
+    assert not np.array_equal(b["unlabeled_mask"][0], b["unlabeled_mask"][1])
+    other_seed = _take(pipeline.train_dataset(inputs, cfg.data, 1, 0, 1, masked=masked), 1)[0]["camvid"]
+    assert not np.array_equal(b["unlabeled_mask"], other_seed["unlabeled_mask"])
     plain = take(0, 1, masked=None)[0]["camvid"]
     assert "unlabeled_mask" not in plain
     np.testing.assert_array_equal(plain["unlabeled"], b["unlabeled"])
