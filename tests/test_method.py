@@ -154,18 +154,17 @@ def test_the_masked_stage_reconstructs_every_crop_and_trains_only_the_encoder_an
 
 
 def test_the_auxiliary_reconstruction_is_the_masked_error_on_the_unlabelled_crops():
-    from usss_tf.data import masking
-
     model = UniversalSegmenter({"a": 3, "b": 4}, width=0.125, embedding_dim=8, centroids_per_class=2,
                                reconstruction=True)
     model.build()
     rng = np.random.default_rng(1)
+    # The masked stage's crops and masks as the unlabelled stream.
+    masked = _masked_batch(model, rng)
     batch = {
         d: {"images": tf.constant(rng.uniform(0, 255, (2, 16, 32, 3)), tf.float32),
             "labels": tf.constant(rng.integers(0, c, (2, 16, 32)), tf.int32),
-            "unlabeled": tf.constant(rng.uniform(0, 255, (3, 16, 32, 3)), tf.float32),
-            "unlabeled_mask": tf.stack([masking.patch_mask((16, 32), 8, 0.5, [k, i]) for i in range(3)])}
-        for k, (d, c) in enumerate(model.domains.items())
+            "unlabeled": masked[d]["images"], "unlabeled_mask": masked[d]["image_mask"]}
+        for d, c in model.domains.items()
     }
     objective = Objective({"supervised": 1.0, "masked_auxiliary": 0.5}, num_domains=2)
     assert objective.uses_unlabeled and not objective.uses_embedding

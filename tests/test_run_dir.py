@@ -81,24 +81,25 @@ def test_a_run_directory_is_resumed_only_with_the_config_it_was_written_with(tmp
         run.save_config(config)
 
     # A key added later with the earlier versions' behaviour as its default resumes at that value only.
-    config = _config({**tiny_run_settings, "loss": {**tiny_run_settings["loss"], "masked_auxiliary": 0.0}},
-                     tmp_path)
-    written["loss"]["consistency_paste"] = config.loss.consistency_paste
+    def with_auxiliary(weight, **sections):
+        return _config({**tiny_run_settings, "loss": {**tiny_run_settings["loss"], "masked_auxiliary": weight},
+                        **sections}, tmp_path)
+
+    def rewrite(written):
+        run.config_path.write_text(yaml.safe_dump(written, sort_keys=False))
+
+    written["loss"]["consistency_paste"] = tiny_run_settings["loss"]["consistency_paste"]
     del written["loss"]["masked_auxiliary"], written["masked_modelling"]["augment"]
-    run.config_path.write_text(yaml.safe_dump(written, sort_keys=False))
-    run.save_config(config)
+    rewrite(written)
+    run.save_config(with_auxiliary(0.0))
     written = yaml.safe_load(run.config_path.read_text())
     assert written["loss"]["masked_auxiliary"] == 0.0  # recorded from now on
     del written["loss"]["masked_auxiliary"]
-    run.config_path.write_text(yaml.safe_dump(written, sort_keys=False))
-    auxiliary = _config({**tiny_run_settings, "loss": {**tiny_run_settings["loss"], "masked_auxiliary": 0.5}},
-                        tmp_path)
+    rewrite(written)
     with pytest.raises(ConfigError, match="without the keys loss.masked_auxiliary;"):
-        run.save_config(auxiliary)
+        run.save_config(with_auxiliary(0.5))
     written["loss"]["masked_auxiliary"] = 0.0
     del written["masked_modelling"]["augment"]
-    run.config_path.write_text(yaml.safe_dump(written, sort_keys=False))
-    flips = _config({**tiny_run_settings, "loss": {**tiny_run_settings["loss"], "masked_auxiliary": 0.0},
-                     "masked_modelling": {"augment": "flips"}}, tmp_path)
+    rewrite(written)
     with pytest.raises(ConfigError, match="without the keys masked_modelling.augment;"):
-        run.save_config(flips)
+        run.save_config(with_auxiliary(0.0, masked_modelling={"augment": "flips"}))

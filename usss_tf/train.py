@@ -162,6 +162,8 @@ class Experiment:
         images_per_step = len(inputs) * (
             cfg.data.batch_size + (cfg.data.unlabeled_batch_size if with_unlabeled else 0))
 
+        masked = cfg.masked_modelling if objective.uses_masked_auxiliary else None
+
         def batches(first_step, num_steps):
             if objective.uses_masking:
                 return pipeline.masked_dataset(inputs, cfg.data, cfg.masked_modelling, cfg.seed,
@@ -170,7 +172,7 @@ class Experiment:
                                           with_unlabeled=with_unlabeled, consistency=consistency,
                                           strong_view=objective.weights["consistency_strong"] > 0,
                                           copy_paste=objective.weights["consistency_paste"] > 0,
-                                          masked=cfg.masked_modelling if objective.uses_masked_auxiliary else None)
+                                          masked=masked)
 
         try:
             latest = self.trainer.train(
