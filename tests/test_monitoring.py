@@ -194,6 +194,23 @@ def test_panel_schedule(image_every, expected):
     assert written == [100 + s for s in expected]
 
 
+@pytest.mark.parametrize("image_every, expected", [(None, [3, 6, 7]), (2, [2, 3, 4, 6, 7]),
+                                                     (0, [3, 6, 7])])
+def test_reconstruction_panel_schedule(image_every, expected):
+    """The masked stage (7 steps) shows reconstructions where another stage would
+    validate (checkpoint_every = 3), at its last step, and every image_every steps."""
+    config = config_lib.config_from_dict({
+        "domains": [{"name": "synth_camvid", "root": "/data/c"}],
+        "train": {"checkpoint_every": 3, "image_every": image_every},
+    })
+    monitor = monitoring.RunMonitor("/unused", [], config, writer=None)
+    written = []
+    monitor.write_reconstruction_panels = lambda model, global_step: written.append(global_step)
+    for step in range(1, 8):
+        monitor.on_masked_step(None, step, 7, 100 + step)
+    assert written == [100 + s for s in expected]
+
+
 def test_panel_settings_are_validated():
     with pytest.raises(ConfigError, match="train.image_every"):
         config_lib.config_from_dict({"domains": [{"name": "synth_camvid", "root": "/c"}],

@@ -106,8 +106,8 @@ class RunMonitor:
         self.writer = writer
         train = config.train
         self.panel_images = train.panel_images
-        interval = train.eval_every or train.checkpoint_every
-        self.image_every = interval if train.image_every is None else train.image_every
+        self.validation_every = train.eval_every or train.checkpoint_every
+        self.image_every = self.validation_every if train.image_every is None else train.image_every
         self._samples = None
         self._predictors = {} if predictors is None else predictors
         self._last_panel_step = None
@@ -176,8 +176,17 @@ class RunMonitor:
 
     def on_step(self, model, step, global_step):
         """Panels every ``image_every`` steps of a stage (once per global step)."""
-        if self.image_every and step % self.image_every == 0:
+        if self._panels_due(step):
             self.write_panels(model, global_step, self.has_centroids())
+
+    def on_masked_step(self, model, step, steps, global_step):
+        """Reconstruction panels of the masked stage, which has no validation: at the
+        validation interval, every ``image_every`` steps and at its last step."""
+        if step % self.validation_every == 0 or step == steps or self._panels_due(step):
+            self.write_reconstruction_panels(model, global_step)
+
+    def _panels_due(self, step):
+        return bool(self.image_every) and step % self.image_every == 0
 
     def _panel_samples(self):
         """``{domain: [(image uint8 [1, h, w, 3], display image [H, W, 3], labels [H, W])]}``."""

@@ -202,11 +202,11 @@ class Experiment:
                 step % refresh == 0 and step < steps:
             self._fit_centroids(refit_projection=False)
             save()
-        every = cfg.train.eval_every or cfg.train.checkpoint_every
         if stage.masked_modelling:  # The decoders are untrained: no validation, reconstructions.
-            if self.monitor and (step % every == 0 or step == steps):
-                self.monitor.write_reconstruction_panels(self.model, offset + step)
+            if self.monitor:
+                self.monitor.on_masked_step(self.model, step, steps, offset + step)
             return
+        every = cfg.train.eval_every or cfg.train.checkpoint_every
         if step % every == 0 or step == steps:
             results = self.evaluate()
             self._log_validation(results, offset + step)
