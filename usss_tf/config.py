@@ -176,10 +176,18 @@ class DataConfig:
 
 @dataclasses.dataclass
 class LossConfig:
+    """Weights of the loss terms; a stage trains the terms its method has (``usss_tf.method``).
+
+    ``None`` (the default, or ``null`` in YAML) for the three entropy-module
+    weights means the method's default (``method_defaults``), filled in when the
+    ``ExperimentConfig`` is built, so a config written in Python and one read
+    from YAML get the same values and a saved ``config.yaml`` holds numbers.
+    """
+
     supervised: float = 1.0
-    within_entropy: float = 0.1  # beta in the paper.
-    cross_entropy: float = 0.1  # alpha in the paper.
-    embedding_supervision: float = 1.0  # 0 reproduces the published code.
+    within_entropy: typing.Optional[float] = None  # beta in the paper.
+    cross_entropy: typing.Optional[float] = None  # alpha in the paper.
+    embedding_supervision: typing.Optional[float] = None  # 0 reproduces the published code.
     # Weak-to-strong consistency on unlabelled images (univ_full only; the
     # `consistency` section configures it): the strong CutMix view, the
     # feature-perturbation stream (channel dropout on the weak view's features),
@@ -199,6 +207,9 @@ class LossConfig:
 
     def validate(self, key="loss"):
         for name, value in dataclasses.asdict(self).items():
+            if value is None:
+                raise ConfigError(f"key '{key}.{name}': no value (ExperimentConfig fills in the "
+                                  "method's default)")
             if value < 0:
                 raise ConfigError(f"key '{key}.{name}': must be >= 0, got {value}")
 
@@ -363,6 +374,13 @@ class ExperimentConfig:
     centroids: CentroidConfig = dataclasses.field(default_factory=CentroidConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
+    def __post_init__(self):
+        for section, defaults in method_defaults(self.method).items():
+            values = getattr(self, section)
+            for name, value in defaults.items():
+                if getattr(values, name) is None:
+                    setattr(values, name, value)
+
     @property
     def domain_names(self):
         return [d.name for d in self.domains]
@@ -391,24 +409,34 @@ class ExperimentConfig:
         return dataclasses.asdict(self)
 
 
-# Defaults that differ by method, applied where a config read by
-# ``config_from_dict`` / ``load_config`` does not set the key (a saved
-# ``config.yaml`` sets every key, so switching its method keeps its weights;
-# ``ExperimentConfig()`` built in Python gets the dataclass defaults). The
-# dataclass defaults are the paper's, what ``univ_paper`` runs. ``univ_full``
-# learns from the unlabelled images by masked image modelling first; the
-# unlabelled-pixel terms (entropy module, consistency) and the embedding
-# supervision stay available but off: on the synthetic domains at the
-# converged schedule the unlabelled-pixel terms cost mIoU against
-# ``univ_basic``, together also after masked image modelling, and the
+# Defaults that differ by method, filled in by ``ExperimentConfig`` where a
+# config leaves the key unset (``None``): the paper's weights (``univ_paper``;
+# the other methods have no entropy module) unless the method has its own. A
+# saved ``config.yaml`` sets every key, so switching its method keeps its
+# weights. ``univ_full`` learns from the unlabelled images by masked image
+# modelling first; the unlabelled-pixel terms (entropy module, consistency)
+# and the embedding supervision stay available but off: on the synthetic
+# domains at the converged schedule the unlabelled-pixel terms cost mIoU
+# against ``univ_basic``, together also after masked image modelling, and the
 # embedding supervision's share was within the noise (docs/RESULTS.md). Its
 # label centroids are still fitted (the embedding branch: ``embed``
 # signatures, transfer by nearest centroid).
+PAPER_DEFAULTS = {
+    "loss": {"within_entropy": 0.1, "cross_entropy": 0.1, "embedding_supervision": 1.0},
+}
 METHOD_DEFAULTS = {
     "univ_full": {
         "loss": {"within_entropy": 0.0, "cross_entropy": 0.0, "embedding_supervision": 0.0},
     },
 }
+
+
+def method_defaults(method_name):
+    """``{section: {key: value}}``: the values ``method_name`` gets for keys left unset."""
+    defaults = {section: dict(values) for section, values in PAPER_DEFAULTS.items()}
+    for section, values in METHOD_DEFAULTS.get(method_name, {}).items():
+        defaults.setdefault(section, {}).update(values)
+    return defaults
 
 
 def _type_name(tp):
@@ -535,23 +563,9 @@ def validate_config(config):
     return config.validate()
 
 
-def with_method_defaults(mapping):
-    """``mapping`` with its method's ``METHOD_DEFAULTS`` under the keys it does not set."""
-    method_name = mapping.get("method", ExperimentConfig.method)
-    if not isinstance(method_name, str):
-        return mapping  # _build reports the wrong type.
-    for section, defaults in METHOD_DEFAULTS.get(method_name, {}).items():
-        given = mapping.get(section)
-        if given is None:
-            given = {}
-        if isinstance(given, dict):  # Anything else is _build's error to report.
-            mapping[section] = {**defaults, **given}
-    return mapping
-
-
 def config_from_dict(mapping, overrides=(), source="<dict>"):
     """Builds a validated ``ExperimentConfig`` from a raw mapping plus overrides, with the
-    method's defaults (``METHOD_DEFAULTS``) where neither sets a key."""
+    method's defaults (``method_defaults``) where neither sets a key."""
     if mapping is None:
         mapping = {}
     if not isinstance(mapping, dict):
@@ -560,7 +574,6 @@ def config_from_dict(mapping, overrides=(), source="<dict>"):
     for text in overrides:
         key, value = _parse_override(text)
         _apply_override(mapping, key, value)
-    mapping = with_method_defaults(mapping)
     try:
         config = _build(ExperimentConfig, mapping)
         return validate_config(config)
