@@ -74,6 +74,14 @@ def test_study_runs_every_cell_and_resumes(tmp_path, tiny_run_settings):
     again = CliRunner().invoke(main, ["study", str(path), "--out", str(out)])
     assert again.exit_code == 0 and again.output.count("done, skipping") == 3
 
+    # The grid changed since: a finished cell is refused, not reported as the new grid's.
+    grid = yaml.safe_load(path.read_text())
+    grid["set"]["train.learning_rate"] = 0.5
+    path.write_text(yaml.safe_dump(grid))
+    changed = CliRunner().invoke(main, ["study", str(path), "--out", str(out)])
+    assert changed.exit_code != 0 and "done, skipping" not in changed.output
+    assert "changed: train.learning_rate" in changed.output and "config.yaml" in changed.output
+
 
 def test_grid_errors_name_the_file_and_key(tmp_path, tiny_run_settings):
     with pytest.raises(ConfigError, match="grid.yaml.*'methods'.*'magic'"):

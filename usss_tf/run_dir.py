@@ -121,14 +121,22 @@ class RunDir:
         return RunDir(self.path / SUPERVISED / domain, writable=self.writable)
 
     def save_config(self, config):
-        """Saves ``config`` as ``config.yaml``, or checks it matches the one already there.
+        """Saves ``config`` as ``config.yaml`` once ``check_config`` accepts it; returns ``self``."""
+        self.check_config(config)
+        if self.writable:
+            write_text_atomic(self.config_path, config_lib.dump_config(config))
+        return self
+
+    def check_config(self, config):
+        """Raises ``ConfigError`` unless ``config`` is the one this run directory was started with.
 
         A run directory started with a different config (other than keys that
         only change logging) is refused: resuming must not silently change the
         experiment. So is one whose ``config.yaml`` lacks keys this version
         has (written before they existed): filling them with today's defaults
         could change what the run does, unless the key's value is what every
-        earlier version did (``config.ADDED_WITH_EARLIER_BEHAVIOUR``). Returns ``self``.
+        earlier version did (``config.ADDED_WITH_EARLIER_BEHAVIOUR``). A run
+        directory without ``config.yaml`` accepts any config.
         """
         saved = self.config_path
         if saved.exists():
@@ -152,9 +160,6 @@ class RunDir:
                     f"{saved}: this run directory was started with a different config "
                     f"(changed: {', '.join(changed)}); use a new --run-dir"
                 )
-        if self.writable:
-            write_text_atomic(saved, config_lib.dump_config(config))
-        return self
 
     def read_json(self, name, default=None):
         path = self.path / name

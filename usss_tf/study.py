@@ -164,12 +164,15 @@ def run_study(grid, devices=None, echo=print, jobs=1, shard=None, grid_path=None
             continue
         run_dir = grid.run_dir(method, n, seed)
         figures_path = run_dir / run_dir_lib.EVALUATION
+        config = grid.config(method, n, seed)
         if figures_path.exists():
+            # Figures of a run the grid no longer describes are refused, not reported.
+            run_dir_lib.RunDir(run_dir).check_config(config)
             echo(f"[study {index}/{len(cells)}] {method} N={n} seed={seed}: done, skipping")
             continue
         echo(f"[study {index}/{len(cells)}] {method} N={n} seed={seed} -> {run_dir}")
         started = time.perf_counter()
-        train_lib.run_experiment(grid.config(method, n, seed), run_dir, devices=devices, echo=echo)
+        train_lib.run_experiment(config, run_dir, devices=devices, echo=echo)
         figures = evaluate_lib.evaluate_run(run_dir)
         seconds = round(time.perf_counter() - started, 1)
         evaluate_lib.write_results({"seconds": seconds, "domains": figures}, figures_path)
