@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from usss_tf import losses
+from usss_tf.domains import IGNORE_LABEL
 
 
 def test_masked_cross_entropy_matches_hand_computation_and_skips_ignore():
@@ -131,3 +132,25 @@ def test_masked_reconstruction_error_counts_only_masked_pixels():
     assert value.dtype == tf.float32
     assert float(value) == pytest.approx((14.0 / 3 + 0.0) / 2)
     assert float(losses.masked_reconstruction_error(images, reconstructions, 0 * masks)) == 0.0
+
+
+def test_partial_label_cross_entropy_sums_the_admitted_classes():
+    # Source labels 0 -> {0}, 1 -> {1, 2}, 2 -> no counterpart; last row: ignore.
+    label_sets = np.array([[1, 0, 0], [0, 1, 1], [0, 0, 0], [0, 0, 0]], np.float32)
+    logits = np.log(np.array([[[[0.5, 0.3, 0.2], [0.1, 0.6, 0.3], [0.2, 0.2, 0.6], [0.3, 0.3, 0.4]]]],
+                             np.float32))
+    labels = np.array([[[0, 1, 2, IGNORE_LABEL]]], np.int32)
+    total, count = losses.partial_label_cross_entropy_sum(label_sets, labels, logits)
+    assert float(count) == 2.0
+    assert float(total) == pytest.approx(-np.log(0.5) - np.log(0.6 + 0.3), rel=1e-5)
+    # Singleton sets are the ordinary cross-entropy.
+    one_hot = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 0]], np.float32)
+    single, n = losses.partial_label_cross_entropy_sum(one_hot, labels[..., :3], logits[:, :, :3])
+    plain, m = losses.masked_cross_entropy_sum(labels[..., :3], logits[:, :, :3])
+    assert float(single) == pytest.approx(float(plain), rel=1e-5) and float(n) == float(m) == 3.0
+    # Nothing counted: 0, and no NaN in the gradient.
+    zero = tf.constant(logits)
+    with tf.GradientTape() as tape:
+        tape.watch(zero)
+        nothing, _ = losses.partial_label_cross_entropy_sum(label_sets, np.full_like(labels, 2), zero)
+    assert float(nothing) == 0.0 and np.isfinite(tape.gradient(nothing, zero).numpy()).all()

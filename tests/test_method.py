@@ -29,13 +29,13 @@ def test_stages_pick_their_steps_domains_and_losses():
     masked, pretrain, centroids, universal = method.plan("univ_full")
     assert [s.steps(train) for s in (masked, pretrain, centroids, universal)] == [5, 7, 0, 11]
     assert method.loss_weights(loss, masked) == {"supervised": 0.0, "masked_reconstruction": 1.0}
-    assert method.loss_weights(loss, pretrain) == {"supervised": 1.0}
+    assert method.loss_weights(loss, pretrain) == {"supervised": 1.0, "cross_domain_supervision": 0.0}
     assert method.loss_weights(loss, universal) == dataclasses.asdict(loss)
     assert universal.consistency and method.loss_weights(loss, universal)["consistency_feature"] == 0.25
     assert method.loss_weights(loss, universal)["consistency_paste"] == 0.25
     source, target = method.plan("finetune")
     assert source.select(["a", "b", "c"]) == ["a"] and target.select(["a", "b", "c"]) == ["b", "c"]
-    assert method.loss_weights(loss, target) == {"supervised": 1.0}
+    assert method.loss_weights(loss, target) == {"supervised": 1.0, "cross_domain_supervision": 0.0}
     auxiliary = dataclasses.replace(loss, masked_auxiliary=0.5)
     assert method.loss_weights(auxiliary, universal)["masked_auxiliary"] == 0.5
     # univ_paper's universal stage has no consistency terms and no auxiliary reconstruction.
@@ -60,7 +60,7 @@ def test_objective_weights():
         Objective({"masked_reconstruction": 1})
     with pytest.raises(ValueError, match=r"set \['masked_auxiliary'\] to 0"):
         Objective({"supervised": 0, "masked_reconstruction": 1, "masked_auxiliary": 1})
-    assert Objective().weights == {"supervised": 1.0, "within_entropy": 0.0, "cross_entropy": 0.0,
+    assert Objective().weights == {"supervised": 1.0, "cross_domain_supervision": 0.0, "within_entropy": 0.0, "cross_entropy": 0.0,
                                    "embedding_supervision": 0.0, "consistency_strong": 0.0,
                                    "consistency_feature": 0.0, "consistency_paste": 0.0,
                                    "masked_reconstruction": 0.0, "masked_auxiliary": 0.0}
@@ -181,3 +181,41 @@ def test_the_auxiliary_reconstruction_is_the_masked_error_on_the_unlabelled_crop
     del batch["b"]["unlabeled_mask"]
     with pytest.raises(ValueError, match="'unlabeled_mask'"):
         objective.terms(model, batch)
+
+
+def test_each_decoder_learns_from_the_other_domains_labels_through_the_correspondence():
+    model = UniversalSegmenter({"a": 3, "b": 4}, width=0.125, embedding_dim=8, centroids_per_class=2)
+    model.build()
+    rng = np.random.default_rng(2)
+    batch = {d: {"images": tf.constant(rng.uniform(0, 255, (2, 16, 32, 3)), tf.float32),
+                 "labels": tf.constant(rng.integers(0, c, (2, 16, 32)), tf.int32)}
+             for d, c in model.domains.items()}
+    # a's class 1 is b's 1 or 2; a's 2 has no counterpart. Only a -> b here.
+    label_sets = {("a", "b"): np.array([[1, 0, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0], [0, 0, 0, 0]],
+                                       np.float32)}
+    objective = Objective({"supervised": 1.0, "cross_domain_supervision": 0.5}, num_domains=2,
+                          label_sets=label_sets)
+    terms = objective.terms(model, batch, training=False)
+    assert sorted(terms) == ["cross_domain_supervision/b", "supervised/a", "supervised/b"]
+    logits = model.decode(model.encode(model.preprocessor("a").normalize(batch["a"]["images"]),
+                                      training=False), "b", (16, 32))
+    probabilities = tf.nn.softmax(tf.cast(logits, tf.float32)).numpy()
+    labels = batch["a"]["labels"].numpy()
+    admitted = label_sets[("a", "b")][labels]
+    counted = admitted.any(-1)
+    expected = -np.log((probabilities * admitted).sum(-1)[counted]).mean()
+    assert float(terms["cross_domain_supervision/b"]) == pytest.approx(expected, rel=1e-4)
+    assert float(objective.total(terms)) == pytest.approx(
+        float(terms["supervised/a"]) + float(terms["supervised/b"])
+        + 0.5 * float(terms["cross_domain_supervision/b"]), rel=1e-6)
+    with pytest.raises(ValueError, match="label_sets="):
+        Objective({"cross_domain_supervision": 1.0})
+    # Every stage with the supervised loss trains it; the masked stage does not.
+    loss = config_lib.LossConfig(within_entropy=0.1, cross_entropy=0.1, embedding_supervision=1.0,
+                                 cross_domain_supervision=0.5)
+    for name in ("univ_basic", "univ_paper", "univ_full", "finetune"):
+        for stage in method.plan(name):
+            if not stage.fits_centroids:
+                weights = method.loss_weights(loss, stage)
+                assert weights.get("cross_domain_supervision", 0.0) == (
+                    0.0 if stage.masked_modelling else 0.5), (name, stage.name)

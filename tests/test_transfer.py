@@ -25,6 +25,23 @@ def test_every_table_names_real_classes_and_reads_both_ways():
                                 (("a", ("car",), ("vehicle",)), ("b", ("truck", "car"), ("road",))))
 
 
+def test_label_sets_admit_the_target_classes_of_each_source_label():
+    sets = transfer.correspondence("synth_camvid", "synth_city").label_sets()
+    camvid, city = get_domain("synth_camvid").class_names, get_domain("synth_city").class_names
+    assert sets.shape == (len(camvid) + 1, len(city))
+    admitted = {camvid[y]: {city[c] for c in np.flatnonzero(row)} for y, row in enumerate(sets[:-1])}
+    assert admitted == {"sky": {"sky"}, "building": {"building"}, "road": {"road"},
+                        "pavement": {"sidewalk"}, "tree": {"vegetation"},
+                        "vehicle": {"car", "truck"}, "pedestrian": {"person"}}
+    assert not sets[-1].any()  # ignore
+    back = transfer.correspondence("synth_city", "synth_camvid").label_sets()
+    assert not back[_ids("synth_city", "fence", "pole")].any()  # no counterpart: not counted
+    assert back[_ids("synth_city", "truck")[0], _ids("synth_camvid", "vehicle")[0]] == 1
+    pairs = transfer.label_sets(["synth_city", "synth_camvid", "sunrgbd"])
+    assert sorted(pairs) == [("synth_camvid", "synth_city"), ("synth_city", "synth_camvid")]
+    assert transfer.label_sets(["synth_city", "sunrgbd"]) == {}
+
+
 def test_transfer_miou_on_a_hand_built_pair():
     """synth_city truth, synth_camvid predictions: car and truck are both 'vehicle',
     fence has no counterpart (ignored), a wrong concept costs both concepts' IoU."""

@@ -185,6 +185,11 @@ class LossConfig:
     """
 
     supervised: float = 1.0
+    # Each decoder also learns from the other domains' labelled pixels where the
+    # label spaces correspond (usss_tf.transfer.CORRESPONDENCES: "vehicle" is car
+    # or truck); every stage with the supervised loss, every method with two
+    # such domains. It uses labels, not unlabelled images.
+    cross_domain_supervision: float = 0.0
     within_entropy: typing.Optional[float] = None  # beta in the paper.
     cross_entropy: typing.Optional[float] = None  # alpha in the paper.
     embedding_supervision: typing.Optional[float] = None  # 0 reproduces the published code.
@@ -622,6 +627,7 @@ WATCH_ONLY_KEYS = frozenset({
 ADDED_WITH_EARLIER_BEHAVIOUR = {
     "masked_modelling.augment": "training",
     "loss.masked_auxiliary": 0.0,
+    "loss.cross_domain_supervision": 0.0,
 }
 
 

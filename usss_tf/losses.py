@@ -56,6 +56,33 @@ def replica_masked_cross_entropy(labels, logits, ignore_label=IGNORE_LABEL):
     return replica_mean(*masked_cross_entropy_sum(labels, logits, ignore_label))
 
 
+def partial_label_cross_entropy_sum(label_sets, labels, logits):
+    """(sum over counted pixels of -log sum_{c in S(y)} p_c, number of counted pixels).
+
+    The cross-entropy against a set of admissible classes per pixel: a label of
+    another label space names a concept that one or several of these classes
+    make up (another domain's "vehicle" is this one's car or truck), and any
+    split of the probability between them is right.
+
+    Args:
+      label_sets: float [K + 1, C]: row y is 1 for the classes label y admits;
+        the last row (ignore) and the rows of labels without a counterpart are 0,
+        and their pixels do not count.
+      labels: int [B, H, W] in the other label space (``IGNORE_LABEL`` and any
+        id >= K: the last row).
+      logits: float [B, H, W, C] in this label space.
+    """
+    logits = tf.cast(logits, tf.float32)
+    label_sets = tf.convert_to_tensor(label_sets, tf.float32)
+    last = tf.shape(label_sets)[0] - 1
+    labels = tf.cast(labels, tf.int32)
+    admitted = tf.gather(label_sets, tf.where((labels >= 0) & (labels < last), labels, last)) > 0
+    counted = tf.reduce_any(admitted, axis=-1)
+    inside = tf.reduce_logsumexp(tf.where(admitted, logits, tf.float32.min), axis=-1)
+    per_pixel = tf.where(counted, tf.reduce_logsumexp(logits, axis=-1) - inside, 0.0)
+    return tf.reduce_sum(per_pixel), tf.reduce_sum(tf.cast(counted, tf.float32))
+
+
 def pseudo_label_cross_entropy(pseudo_labels, confidence, valid, logits, threshold):
     """Consistency loss: cross-entropy against pseudo-labels, confident pixels only.
 

@@ -38,9 +38,11 @@ METHODS = config_lib.METHODS  # The names; the config validates against them.
 MASKED, PRETRAIN, CENTROIDS, UNIVERSAL = "masked", "pretrain", "centroids", "universal"
 SOURCE, TARGET = "source", "target"
 
-LOSS_TERMS = ("supervised", "within_entropy", "cross_entropy", "embedding_supervision",
-              "consistency_strong", "consistency_feature", "consistency_paste",
-              "masked_reconstruction", "masked_auxiliary")
+LOSS_TERMS = ("supervised", "cross_domain_supervision", "within_entropy", "cross_entropy",
+              "embedding_supervision", "consistency_strong", "consistency_feature",
+              "consistency_paste", "masked_reconstruction", "masked_auxiliary")
+# The terms of every training stage but the masked one; the others need all_losses.
+SUPERVISED_TERMS = ("supervised", "cross_domain_supervision")
 CONSISTENCY_TERMS = ("consistency_strong", "consistency_feature", "consistency_paste")
 
 
@@ -140,12 +142,12 @@ def supervised_domain_config(config, domain_config):
 
 def loss_weights(loss_config, stage):
     """``{term: weight}`` of ``stage``: every term of ``loss_config`` (the consistency
-    terms only where the stage has them), the supervised one only, or for the
-    ``masked`` stage the reconstruction error only."""
+    terms only where the stage has them), the supervised ones only
+    (``SUPERVISED_TERMS``), or for the ``masked`` stage the reconstruction error only."""
     if stage.masked_modelling:
         return {"supervised": 0.0, "masked_reconstruction": 1.0}
     if not stage.all_losses:
-        return {"supervised": loss_config.supervised}
+        return {term: getattr(loss_config, term) for term in SUPERVISED_TERMS}
     weights = dataclasses.asdict(loss_config)
     if not stage.consistency:
         weights.update(dict.fromkeys(CONSISTENCY_TERMS + ("masked_auxiliary",), 0.0))
@@ -162,11 +164,18 @@ class Objective:
         cross-domain term (its weight is set to 0).
       consistency: the ``ConsistencyConfig`` (threshold, feature dropout) of
         the consistency terms; needed when their weights are on.
+      label_sets: ``{(source, target): float [source classes + 1, target classes]}``
+        (``transfer.label_sets``), the classes of ``target`` each label of ``source``
+        admits; needed when ``cross_domain_supervision`` is on.
 
     The terms (p_d is the softmax over domain d's classes of the similarity
     between a pixel's embedding and d's label centroids):
 
     * supervised: masked cross-entropy of each decoder on its labelled pixels;
+    * cross_domain_supervision: each decoder on the other domains' labelled
+      pixels, whose labels name a set of its classes where the label spaces
+      correspond (``losses.partial_label_cross_entropy_sum``; "vehicle" admits
+      car and truck; labels without a counterpart do not count);
     * within_entropy (beta): H(p_d) on unlabelled pixels of domain d;
     * cross_entropy (alpha): mean over d' != d of H(p_d') on the same pixels;
     * embedding_supervision: cross-entropy of p_d against the labels, which
@@ -186,7 +195,7 @@ class Objective:
       ``"unlabeled_mask"``), alongside the segmentation terms.
     """
 
-    def __init__(self, weights=None, num_domains=None, consistency=None):
+    def __init__(self, weights=None, num_domains=None, consistency=None, label_sets=None):
         merged = dict.fromkeys(LOSS_TERMS, 0.0)
         merged["supervised"] = 1.0
         for key, value in (weights or {}).items():
@@ -202,6 +211,10 @@ class Objective:
         if self.uses_consistency and consistency is None:
             raise ValueError("consistency terms are on: pass the ConsistencyConfig (consistency=)")
         self.consistency = consistency
+        self.label_sets = dict(label_sets or {})
+        if merged["cross_domain_supervision"] > 0 and not self.label_sets:
+            raise ValueError("cross_domain_supervision is on: pass the label spaces' correspondence "
+                             "(label_sets=, transfer.label_sets)")
 
     @property
     def uses_consistency(self):
@@ -293,6 +306,14 @@ class Objective:
             if w["supervised"] > 0:
                 logits = model.decode(features[labelled], d, label_size)
                 terms[f"supervised/{d}"] = losses.replica_masked_cross_entropy(labels, logits)
+            sources = [s for s in names if (s, d) in self.label_sets]
+            if w["cross_domain_supervision"] > 0 and sources:
+                sums = [losses.partial_label_cross_entropy_sum(
+                    self.label_sets[(s, d)], batch[s]["labels"],
+                    model.decode(features[where[(s, "labeled")]], d, tf.shape(batch[s]["labels"])[1:3]))
+                    for s in sources]
+                terms[f"cross_domain_supervision/{d}"] = losses.replica_mean(
+                    tf.add_n([total for total, _ in sums]), tf.add_n([count for _, count in sums]))
             if w["embedding_supervision"] > 0:
                 sim = model.similarity_logits(embeddings[labelled], d)
                 sim = tf.image.resize(sim, label_size, method="bilinear")

@@ -49,6 +49,12 @@ class Experiment:
         if config.method not in method.PLANS:
             raise ConfigError(f"method {config.method!r} has no stage plan; use run_experiment")
         self.config = config
+        self.label_sets = transfer.label_sets(config.domain_names)
+        if config.loss.cross_domain_supervision > 0 and not self.label_sets:
+            raise ConfigError(
+                "key 'loss.cross_domain_supervision': no two of the domains "
+                f"({', '.join(config.domain_names)}) have corresponding classes "
+                "(usss_tf.transfer.CORRESPONDENCES); set it to 0")
         # Under a multi-worker strategy only the chief writes the run directory.
         self.is_chief = cluster.is_chief(strategy)
         self.run_dir = run_dir_lib.RunDir(run_dir, writable=self.is_chief)
@@ -142,7 +148,8 @@ class Experiment:
     def _objective(self, stage):
         """The ``method.Objective`` of training stage ``stage``."""
         return method.Objective(method.loss_weights(self.config.loss, stage),
-                                num_domains=len(self.model.domains), consistency=self.config.consistency)
+                                num_domains=len(self.model.domains), consistency=self.config.consistency,
+                                label_sets=self.label_sets)
 
     def _train_stage(self, stage, steps, offset, previous):
         """Trains ``stage`` for ``steps`` steps (resuming); returns its latest checkpoint."""

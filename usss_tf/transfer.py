@@ -28,7 +28,8 @@ from usss_tf import inference
 from usss_tf import metrics as metrics_lib
 from usss_tf.domains import IGNORE_LABEL, get_domain
 
-__all__ = ["Correspondence", "CORRESPONDENCES", "concept_confusion", "correspondence", "evaluate_transfer"]
+__all__ = ["Correspondence", "CORRESPONDENCES", "concept_confusion", "correspondence", "evaluate_transfer",
+           "label_sets"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +75,14 @@ class Correspondence:
             for class_name in concept[side]:
                 table[names.index(class_name)] = concept_id
         return table
+
+    def label_sets(self):
+        """float32 ``[source classes + 1, target classes]``: row y is 1 for the target
+        classes of source class y's concept; rows of classes without a counterpart,
+        and the last row (ignore), are 0 (``losses.partial_label_cross_entropy_sum``)."""
+        source, target = self._table(self.source, 1, -1), self._table(self.target, 2, -2)
+        sets = (source[:, None] == target[None, :]).astype(np.float32)
+        return np.concatenate([sets, np.zeros((1, len(target)), np.float32)])
 
     def source_to_concept(self, labels):
         """Source train ids -> concept ids; no counterpart and ignore -> ``IGNORE_LABEL``."""
@@ -125,6 +134,18 @@ CORRESPONDENCES = (
         "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
         "vegetation", "sky", "person", "rider", "car", "truck", "bus", "motorcycle", "bicycle")),
 )
+
+
+def label_sets(domain_names):
+    """``{(source, target): Correspondence.label_sets()}`` for every ordered pair of
+    ``domain_names`` whose classes correspond (the ``cross_domain_supervision`` term)."""
+    pairs = {}
+    for source in domain_names:
+        for target in domain_names:
+            found = correspondence(source, target) if source != target else None
+            if found is not None:
+                pairs[(source, target)] = found.label_sets()
+    return pairs
 
 
 def correspondence(source, target):
