@@ -45,7 +45,8 @@ TINY_RUN = {
     "data": {"crop": [32, 64], "batch_size": 2, "unlabeled_batch_size": 2, "eval_batch_size": 4},
     # Every stage and loss term of univ_full (its defaults leave the unlabelled-pixel terms off).
     "loss": {"within_entropy": 0.1, "cross_entropy": 0.1, "embedding_supervision": 1.0,
-             "consistency_feature": 0.25, "consistency_paste": 0.25, "masked_auxiliary": 0.5},
+             "consistency_feature": 0.25, "consistency_paste": 0.25, "masked_auxiliary": 0.5,
+             "cross_domain_supervision": 0.5},
     "train": {"masked_steps": 2, "pretrain_steps": 3, "steps": 3, "checkpoint_every": 3, "log_every": 1,
               "verbose": 0, "optimizer": "sgd", "learning_rate": 0.01},
 }

@@ -80,6 +80,14 @@ def test_set_on_a_key_that_does_not_exist(tmp_path, camvid_tree):
     _one_line_error(_invoke("train", config, "--set", "train.warmup=3"), "train.warmup")
 
 
+def test_cross_domain_supervision_needs_domains_whose_classes_correspond(tmp_path, camvid_tree):
+    config = _config(tmp_path, camvid_tree)  # synth_camvid and camvid: no table between them
+    result = _invoke("train", config, "--set", "loss.cross_domain_supervision=1",
+                     "--run-dir", tmp_path / "r")
+    _one_line_error(result, "loss.cross_domain_supervision", "synth_camvid, camvid")
+    assert not (tmp_path / "r").exists()
+
+
 def test_corrupt_labelled_png_is_named_and_nothing_is_marked_done(tmp_path):
     root = write_camvid_tree(tmp_path / "data")
     broken = root / "train" / "frame004.png"

@@ -69,7 +69,13 @@ SCRIPT = textwrap.dedent(
                                "labelled_prior": np.tile(prior / prior.sum(), (4, 1))}
     # Every term, consistency included (distribution alignment sums over replicas;
     # CutMix partners 0-1 and 2-3 stay on one replica).
-    every_term = {"supervised": 1, "within_entropy": 0.5, "cross_entropy": 0.5,
+    # a's class 1 is b's 1 or 2, a's 2 has no counterpart (the cross-domain term).
+    label_sets = {("a", "b"): np.array([[1, 0, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0], [0, 0, 0, 0]],
+                                       "float32"),
+                  ("b", "a"): np.array([[1, 0, 0], [0, 1, 0], [0, 1, 0], [0, 0, 0], [0, 0, 0]],
+                                       "float32")}
+    every_term = {"supervised": 1, "cross_domain_supervision": 0.5,
+                  "within_entropy": 0.5, "cross_entropy": 0.5,
                   "embedding_supervision": 1, "consistency_strong": 0.5, "consistency_feature": 0.5}
     # The feature stream and copy-paste on, the strong stream off (univ_full's earlier defaults).
     default_terms = {**every_term, "consistency_strong": 0.0, "consistency_paste": 0.5}
@@ -109,7 +115,7 @@ SCRIPT = textwrap.dedent(
             model.build()
             model.load_weights(start)
             model.objective = Objective(weights, num_domains=len(model.domains),
-                                        consistency=consistency)
+                                        consistency=consistency, label_sets=label_sets)
             model.compile(optimizer=keras.optimizers.SGD(0.1))
         before = [w.numpy().copy() for w in model.trainable_weights]
         model.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0, shuffle=False)

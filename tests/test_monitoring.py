@@ -121,6 +121,7 @@ def test_train_scalars(tiny_run):
     assert {"masked/loss", "masked/masked_reconstruction/synth_city", "pretrain/loss",
             "universal/loss", "universal/within_entropy/synth_city",
             "universal/cross_entropy/synth_camvid", "universal/masked_auxiliary/synth_city",
+            "pretrain/cross_domain_supervision/synth_city", "universal/cross_domain_supervision/synth_camvid",
             "universal/images_per_second",
             "universal/learning_rate"} <= tags
 
