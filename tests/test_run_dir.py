@@ -96,10 +96,10 @@ def test_a_run_directory_is_resumed_only_with_the_config_it_was_written_with(tmp
     assert written["loss"]["masked_auxiliary"] == 0.0  # recorded from now on
     del written["loss"]["masked_auxiliary"]
     rewrite(written)
-    with pytest.raises(ConfigError, match="without the keys loss.masked_auxiliary;"):
+    with pytest.raises(ConfigError, match=r"changed: loss.masked_auxiliary \(the run: 0.0, now: 0.5\)"):
         run.save_config(with_auxiliary(0.5))
     written["loss"]["masked_auxiliary"] = 0.0
     del written["masked_modelling"]["augment"]
     rewrite(written)
-    with pytest.raises(ConfigError, match="without the keys masked_modelling.augment;"):
+    with pytest.raises(ConfigError, match="changed: masked_modelling.augment .the run: 'training', now: 'flips'"):
         run.save_config(with_auxiliary(0.0, masked_modelling={"augment": "flips"}))

@@ -131,20 +131,21 @@ class RunDir:
         """Raises ``ConfigError`` unless ``config`` is the one this run directory was started with.
 
         A run directory started with a different config (other than keys that
-        only change logging) is refused: resuming must not silently change the
-        experiment. So is one whose ``config.yaml`` lacks keys this version
-        has (written before they existed): filling them with today's defaults
-        could change what the run does, unless the key's value is what every
-        earlier version did (``config.ADDED_WITH_EARLIER_BEHAVIOUR``). A run
-        directory without ``config.yaml`` accepts any config.
+        only change logging) is refused, naming each changed key with the run's
+        value and the new one: resuming must not silently change the experiment.
+        So is one whose ``config.yaml`` lacks keys this version has (written
+        before they existed): what the run did for them is unknown, unless the
+        key is in ``config.ADDED_WITH_EARLIER_BEHAVIOUR``, whose value is what
+        every earlier version did, so the run's value. A run directory without
+        ``config.yaml`` accepts any config.
         """
         saved = self.config_path
         if saved.exists():
-            before = config_lib.flatten(config_lib.load_config(saved).to_dict())
-            after = config_lib.flatten(config.to_dict())
             written = config_lib.flatten(yaml.safe_load(saved.read_text()) or {})
-            earlier = {k for k, v in config_lib.ADDED_WITH_EARLIER_BEHAVIOUR.items() if after.get(k) == v}
-            missing = sorted(set(after) - set(written) - config_lib.WATCH_ONLY_KEYS - earlier)
+            earlier = {k: v for k, v in config_lib.ADDED_WITH_EARLIER_BEHAVIOUR.items() if k not in written}
+            before = {**config_lib.flatten(config_lib.load_config(saved).to_dict()), **earlier}
+            after = config_lib.flatten(config.to_dict())
+            missing = sorted(set(after) - set(written) - config_lib.WATCH_ONLY_KEYS - set(earlier))
             if missing:
                 raise ConfigError(
                     f"{saved}: this run directory was written by an older usss-tf, without the "
@@ -156,9 +157,10 @@ class RunDir:
                 if before.get(k) != after.get(k) and k not in config_lib.WATCH_ONLY_KEYS
             )
             if changed:
+                values = ", ".join(f"{k} (the run: {before.get(k)!r}, now: {after.get(k)!r})" for k in changed)
                 raise ConfigError(
                     f"{saved}: this run directory was started with a different config "
-                    f"(changed: {', '.join(changed)}); use a new --run-dir"
+                    f"(changed: {values}); use a new --run-dir, or --set those keys to the run's values"
                 )
 
     def read_json(self, name, default=None):
