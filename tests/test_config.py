@@ -111,11 +111,13 @@ def test_univ_full_has_its_own_defaults_and_the_config_wins():
     assert (full.loss.within_entropy, full.loss.cross_entropy) == (0.0, 0.0)
     assert (full.loss.consistency_feature, full.loss.consistency_paste) == (0.0, 0.0)
     assert full.train.masked_steps > 0 and full.loss.supervised == 1.0
-    assert full.loss.embedding_supervision == 0.0
+    assert full.loss.embedding_supervision == 0.0 and full.loss.cross_domain_supervision == 1.0
     # The paper's weights are what univ_paper runs.
     paper = config_lib.config_from_dict({"method": "univ_paper", "domains": domains})
     assert (paper.loss.within_entropy, paper.loss.cross_entropy) == (0.1, 0.1)
-    assert paper.loss.embedding_supervision == 1.0
+    assert paper.loss.embedding_supervision == 1.0 and paper.loss.cross_domain_supervision == 0.0
+    basic = config_lib.config_from_dict({"method": "univ_basic", "domains": domains})
+    assert basic.loss.cross_domain_supervision == 0.0  # the baseline shares no labels
     # Built in Python, a config gets the same defaults as one read from YAML, where
     # null also means the method's default.
     assert config_lib.ExperimentConfig(method="univ_full").loss == full.loss
@@ -126,7 +128,7 @@ def test_univ_full_has_its_own_defaults_and_the_config_wins():
     nulls = config_lib.config_from_dict({"method": "univ_paper", "domains": domains,
                                          "loss": {"within_entropy": None}})
     assert nulls.loss == paper.loss
-    with pytest.raises(ConfigError, match="key 'loss.within_entropy': no value"):
+    with pytest.raises(ConfigError, match="key 'loss.cross_domain_supervision': no value"):
         config_lib.LossConfig().validate()
     set_in_file = config_lib.config_from_dict(
         {"method": "univ_full", "domains": domains, "loss": {"within_entropy": 0.3}},

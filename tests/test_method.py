@@ -25,7 +25,8 @@ def test_every_method_but_supervised_has_a_plan():
 def test_stages_pick_their_steps_domains_and_losses():
     train = config_lib.TrainConfig(masked_steps=5, pretrain_steps=7, steps=11)
     loss = config_lib.LossConfig(supervised=1.0, within_entropy=0.2, cross_entropy=0.3,
-                                 embedding_supervision=0.5, consistency_feature=0.25, consistency_paste=0.25)
+                                 embedding_supervision=0.5, consistency_feature=0.25, consistency_paste=0.25,
+                                 cross_domain_supervision=0.0)
     masked, pretrain, centroids, universal = method.plan("univ_full")
     assert [s.steps(train) for s in (masked, pretrain, centroids, universal)] == [5, 7, 0, 11]
     assert method.loss_weights(loss, masked) == {"supervised": 0.0, "masked_reconstruction": 1.0}

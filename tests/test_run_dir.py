@@ -103,3 +103,16 @@ def test_a_run_directory_is_resumed_only_with_the_config_it_was_written_with(tmp
     rewrite(written)
     with pytest.raises(ConfigError, match="changed: masked_modelling.augment .the run: 'training', now: 'flips'"):
         run.save_config(with_auxiliary(0.0, masked_modelling={"augment": "flips"}))
+
+    # univ_full's default for a key added since differs from what the older run did:
+    # the run's value (0) is named, and resuming with it works.
+    written = yaml.safe_load(run.config_path.read_text())
+    del written["loss"]["cross_domain_supervision"]
+    rewrite(written)
+    loss = {k: v for k, v in tiny_run_settings["loss"].items() if k != "cross_domain_supervision"}
+    default = _config({**tiny_run_settings, "loss": {**loss, "masked_auxiliary": 0.0}}, tmp_path)
+    assert default.loss.cross_domain_supervision == 1.0
+    with pytest.raises(ConfigError, match=r"changed: loss.cross_domain_supervision \(the run: 0.0, now: 1.0\)"):
+        run.save_config(default)
+    run.save_config(_config({**tiny_run_settings, "loss": {**loss, "masked_auxiliary": 0.0,
+                                                           "cross_domain_supervision": 0.0}}, tmp_path))

@@ -50,11 +50,6 @@ class Experiment:
             raise ConfigError(f"method {config.method!r} has no stage plan; use run_experiment")
         self.config = config
         self.label_sets = transfer.label_sets(config.domain_names)
-        if config.loss.cross_domain_supervision > 0 and not self.label_sets:
-            raise ConfigError(
-                "key 'loss.cross_domain_supervision': no two of the domains "
-                f"({', '.join(config.domain_names)}) have corresponding classes "
-                "(usss_tf.transfer.CORRESPONDENCES); set it to 0")
         # Under a multi-worker strategy only the chief writes the run directory.
         self.is_chief = cluster.is_chief(strategy)
         self.run_dir = run_dir_lib.RunDir(run_dir, writable=self.is_chief)
@@ -68,6 +63,9 @@ class Experiment:
         self.confusions = {}  # domain -> confusion matrix of the latest evaluate().
         self._predictors = {}  # domain -> inference.DomainPredictor, traced once per run.
         self._last_validation = None  # (global step, results) of the latest validation logged.
+        if config.loss.cross_domain_supervision > 0 and not self.label_sets:
+            self.echo(f"loss.cross_domain_supervision: no two of the domains ({', '.join(config.domain_names)}) "
+                      "have corresponding classes (usss_tf.transfer.CORRESPONDENCES); the term is off")
 
     # -- setup ----------------------------------------------------------------------
 
