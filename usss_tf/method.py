@@ -166,7 +166,7 @@ class Objective:
         the consistency terms; needed when their weights are on.
       label_sets: ``{(source, target): float [source classes + 1, target classes]}``
         (``transfer.label_sets``), the classes of ``target`` each label of ``source``
-        admits; needed when ``cross_domain_supervision`` is on.
+        admits; ``cross_domain_supervision`` trains the pairs given, none without.
 
     The terms (p_d is the softmax over domain d's classes of the similarity
     between a pixel's embedding and d's label centroids):
@@ -212,9 +212,6 @@ class Objective:
             raise ValueError("consistency terms are on: pass the ConsistencyConfig (consistency=)")
         self.consistency = consistency
         self.label_sets = dict(label_sets or {})
-        if merged["cross_domain_supervision"] > 0 and not self.label_sets:
-            raise ValueError("cross_domain_supervision is on: pass the label spaces' correspondence "
-                             "(label_sets=, transfer.label_sets)")
 
     @property
     def uses_consistency(self):

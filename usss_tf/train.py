@@ -63,7 +63,7 @@ class Experiment:
         self.confusions = {}  # domain -> confusion matrix of the latest evaluate().
         self._predictors = {}  # domain -> inference.DomainPredictor, traced once per run.
         self._last_validation = None  # (global step, results) of the latest validation logged.
-        if config.loss.cross_domain_supervision > 0 and not self.label_sets:
+        if config.loss.cross_domain_supervision > 0 and len(config.domains) > 1 and not self.label_sets:
             self.echo(f"loss.cross_domain_supervision: no two of the domains ({', '.join(config.domain_names)}) "
                       "have corresponding classes (usss_tf.transfer.CORRESPONDENCES); the term is off")
 
