@@ -114,5 +114,6 @@ def test_a_run_directory_is_resumed_only_with_the_config_it_was_written_with(tmp
     assert default.loss.cross_domain_supervision == 1.0
     with pytest.raises(ConfigError, match=r"changed: loss.cross_domain_supervision \(the run: 0.0, now: 1.0\)"):
         run.save_config(default)
+    assert run.saved_config().loss.cross_domain_supervision == 0.0  # what the run did
     run.save_config(_config({**tiny_run_settings, "loss": {**loss, "masked_auxiliary": 0.0,
                                                            "cross_domain_supervision": 0.0}}, tmp_path))

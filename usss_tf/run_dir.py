@@ -127,6 +127,15 @@ class RunDir:
             write_text_atomic(self.config_path, config_lib.dump_config(config))
         return self
 
+    def saved_config(self):
+        """The ``ExperimentConfig`` in ``config.yaml``; keys of
+        ``config.ADDED_WITH_EARLIER_BEHAVIOUR`` it lacks at their earlier value (what
+        the run did), not at today's default."""
+        written = config_lib.flatten(yaml.safe_load(self.config_path.read_text()) or {})
+        return config_lib.load_config(self.config_path, [
+            f"{key}={value}" for key, value in config_lib.ADDED_WITH_EARLIER_BEHAVIOUR.items()
+            if key not in written])
+
     def check_config(self, config):
         """Raises ``ConfigError`` unless ``config`` is the one this run directory was started with.
 
@@ -142,10 +151,10 @@ class RunDir:
         saved = self.config_path
         if saved.exists():
             written = config_lib.flatten(yaml.safe_load(saved.read_text()) or {})
-            earlier = {k: v for k, v in config_lib.ADDED_WITH_EARLIER_BEHAVIOUR.items() if k not in written}
-            before = {**config_lib.flatten(config_lib.load_config(saved).to_dict()), **earlier}
+            earlier = {k for k in config_lib.ADDED_WITH_EARLIER_BEHAVIOUR if k not in written}
+            before = config_lib.flatten(self.saved_config().to_dict())
             after = config_lib.flatten(config.to_dict())
-            missing = sorted(set(after) - set(written) - config_lib.WATCH_ONLY_KEYS - set(earlier))
+            missing = sorted(set(after) - set(written) - config_lib.WATCH_ONLY_KEYS - earlier)
             if missing:
                 raise ConfigError(
                     f"{saved}: this run directory was written by an older usss-tf, without the "

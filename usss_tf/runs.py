@@ -10,7 +10,6 @@ import pathlib
 
 import tensorflow as tf
 
-from usss_tf import config as config_lib
 from usss_tf import domains as domain_registry
 from usss_tf import method
 from usss_tf import run_dir as run_dir_lib
@@ -54,10 +53,10 @@ class TrainedRun:
 def read_config(run_dir):
     """The run's saved config; a clear error when ``run_dir`` is not a run."""
     run_dir = pathlib.Path(run_dir)
-    path = run_dir_lib.RunDir(run_dir).config_path
-    if not path.is_file():
+    saved = run_dir_lib.RunDir(run_dir)
+    if not saved.config_path.is_file():
         raise ConfigError(f"{run_dir}: not a run directory (no config.yaml); train one with `usss-tf train`")
-    return config_lib.load_config(path)
+    return saved.saved_config()
 
 
 def final_checkpoint(run_dir, method_name=None):
