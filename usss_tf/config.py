@@ -342,6 +342,11 @@ class TrainConfig:
     # pretrained encoders trained with small batches.
     freeze_encoder_batchnorm: bool = False
 
+    @property
+    def validation_every(self):
+        """Steps between validations (``eval_every``, or the checkpoint interval)."""
+        return self.eval_every or self.checkpoint_every
+
     def validate(self, key="train"):
         _check_at_least_one(key, self, ("checkpoint_every", "log_every"))
         for name in ("masked_steps", "pretrain_steps", "steps", "eval_every"):

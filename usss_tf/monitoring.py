@@ -106,7 +106,7 @@ class RunMonitor:
         self.writer = writer
         train = config.train
         self.panel_images = train.panel_images
-        self.validation_every = train.eval_every or train.checkpoint_every
+        self.validation_every = train.validation_every
         self.image_every = self.validation_every if train.image_every is None else train.image_every
         self._samples = None
         self._predictors = {} if predictors is None else predictors

@@ -131,10 +131,14 @@ class RunDir:
         """The ``ExperimentConfig`` in ``config.yaml``; keys of
         ``config.ADDED_WITH_EARLIER_BEHAVIOUR`` it lacks at their earlier value (what
         the run did), not at today's default."""
-        written = config_lib.flatten(yaml.safe_load(self.config_path.read_text()) or {})
-        return config_lib.load_config(self.config_path, [
-            f"{key}={value}" for key, value in config_lib.ADDED_WITH_EARLIER_BEHAVIOUR.items()
-            if key not in written])
+        return self._read_saved()[0]
+
+    def _read_saved(self):
+        """(``saved_config()``, the dotted keys ``config.yaml`` itself sets), one read."""
+        written = set(config_lib.flatten(yaml.safe_load(self.config_path.read_text()) or {}))
+        earlier = [f"{key}={value}" for key, value in config_lib.ADDED_WITH_EARLIER_BEHAVIOUR.items()
+                   if key not in written]
+        return config_lib.load_config(self.config_path, earlier), written
 
     def check_config(self, config):
         """Raises ``ConfigError`` unless ``config`` is the one this run directory was started with.
@@ -150,11 +154,11 @@ class RunDir:
         """
         saved = self.config_path
         if saved.exists():
-            written = config_lib.flatten(yaml.safe_load(saved.read_text()) or {})
-            earlier = {k for k in config_lib.ADDED_WITH_EARLIER_BEHAVIOUR if k not in written}
-            before = config_lib.flatten(self.saved_config().to_dict())
+            saved_config, written = self._read_saved()
+            before = config_lib.flatten(saved_config.to_dict())
             after = config_lib.flatten(config.to_dict())
-            missing = sorted(set(after) - set(written) - config_lib.WATCH_ONLY_KEYS - earlier)
+            missing = sorted(set(after) - written - config_lib.WATCH_ONLY_KEYS
+                             - set(config_lib.ADDED_WITH_EARLIER_BEHAVIOUR))
             if missing:
                 raise ConfigError(
                     f"{saved}: this run directory was written by an older usss-tf, without the "

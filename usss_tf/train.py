@@ -211,7 +211,7 @@ class Experiment:
             if self.monitor:
                 self.monitor.on_masked_step(self.model, step, steps, offset + step)
             return
-        every = cfg.train.eval_every or cfg.train.checkpoint_every
+        every = cfg.train.validation_every
         if step % every == 0 or step == steps:
             results = self.evaluate()
             self._log_validation(results, offset + step)
