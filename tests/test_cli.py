@@ -89,6 +89,22 @@ def test_cross_domain_supervision_says_when_no_domains_correspond(tmp_path, camv
                      "corresponding classes (usss_tf.transfer.CORRESPONDENCES); the term is off"]
 
 
+def test_unlabelled_terms_without_unlabelled_images_per_step_are_an_error(tmp_path, camvid_tree):
+    config = _config(tmp_path, camvid_tree, method="univ_paper")
+    result = _invoke("train", config, "--set", "data.unlabeled_batch_size=0", "--run-dir", tmp_path / "r")
+    _one_line_error(result, "data.unlabeled_batch_size", "loss.within_entropy (0.1)", "loss.cross_entropy (0.1)")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_domain_without_unlabelled_images_is_named_when_terms_need_them(tmp_path, camvid_tree):
+    config = config_lib.load_config(_config(tmp_path, camvid_tree, method="univ_paper"))
+    config.domains[1].unlabeled = 0
+    lines = []
+    train_lib.Experiment(config, tmp_path / "r", echo=lines.append).setup()
+    assert [line for line in lines if "get no images" in line] == [
+        "domains.1.unlabeled is 0: within_entropy, cross_entropy get no images of camvid"]
+
+
 def test_corrupt_labelled_png_is_named_and_nothing_is_marked_done(tmp_path):
     root = write_camvid_tree(tmp_path / "data")
     broken = root / "train" / "frame004.png"

@@ -115,6 +115,24 @@ def test_only_univ_full_with_masked_steps_or_the_auxiliary_term_has_a_reconstruc
         plain.reconstruct(tf.zeros([1, 2, 4, 8]), (16, 32))
 
 
+def test_unlabeled_terms_are_the_weighted_ones_some_stage_trains():
+    def config(method_name, steps=3, **loss):
+        return config_lib.config_from_dict({
+            "name": "x", "method": method_name, "domains": [{"name": "synth_city", "root": "a"}],
+            "train": {"steps": steps}, "loss": loss})
+
+    assert method.unlabeled_terms(config("univ_full")) == {}  # its defaults: masked stage and labels
+    assert method.unlabeled_terms(config("univ_full", consistency_feature=0.25, within_entropy=0.1)) == {
+        "within_entropy": 0.1, "consistency_feature": 0.25}
+    assert method.unlabeled_terms(config("univ_paper")) == {"within_entropy": 0.1, "cross_entropy": 0.1}
+    # No universal steps, or a method whose stages never train them: none.
+    assert method.unlabeled_terms(config("univ_paper", steps=0)) == {}
+    assert method.unlabeled_terms(config("univ_basic", within_entropy=0.5)) == {}
+    # univ_paper has no consistency stage.
+    assert method.unlabeled_terms(config("univ_paper", within_entropy=0, cross_entropy=0,
+                                         consistency_strong=1.0)) == {}
+
+
 def _masked_batch(model, rng):
     from usss_tf.data import masking
 

@@ -44,6 +44,9 @@ LOSS_TERMS = ("supervised", "cross_domain_supervision", "within_entropy", "cross
 # The terms of every training stage but the masked one; the others need all_losses.
 SUPERVISED_TERMS = ("supervised", "cross_domain_supervision")
 CONSISTENCY_TERMS = ("consistency_strong", "consistency_feature", "consistency_paste")
+# The terms that train on unlabelled images (the masked stage's reconstruction
+# learns from every training image, labelled ones too, so it is not one).
+UNLABELED_TERMS = ("within_entropy", "cross_entropy") + CONSISTENCY_TERMS + ("masked_auxiliary",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +123,17 @@ def trains_masked_modelling(config):
     return any(stage.steps(config.train) > 0
                and any(loss_weights(config.loss, stage).get(term, 0.0) > 0 for term in reconstructing)
                for stage in PLANS.get(config.method, ()))
+
+
+def unlabeled_terms(config):
+    """``{term: weight}`` of the ``UNLABELED_TERMS`` that some stage of ``config``'s
+    method trains with a weight above 0 (empty when unlabelled images go unused)."""
+    found = {}
+    for stage in PLANS.get(config.method, ()):
+        if stage.steps(config.train) > 0:
+            weights = loss_weights(config.loss, stage)
+            found.update({t: weights[t] for t in UNLABELED_TERMS if weights.get(t, 0.0) > 0})
+    return found
 
 
 def supervised_domain_config(config, domain_config):
