@@ -63,9 +63,10 @@ class Experiment:
         self.confusions = {}  # domain -> confusion matrix of the latest evaluate().
         self._predictors = {}  # domain -> inference.DomainPredictor, traced once per run.
         self._last_validation = None  # (global step, results) of the latest validation logged.
-        unlabeled_terms = method.unlabeled_terms(config)
-        if unlabeled_terms and config.data.unlabeled_batch_size == 0:
-            terms = ", ".join(f"loss.{t} ({w:g})" for t, w in unlabeled_terms.items())
+        # {term: weight} of the terms that train on unlabelled images.
+        self.unlabeled_terms = method.unlabeled_terms(config)
+        if self.unlabeled_terms and config.data.unlabeled_batch_size == 0:
+            terms = ", ".join(f"loss.{t} ({w:g})" for t, w in self.unlabeled_terms.items())
             raise ConfigError(f"key 'data.unlabeled_batch_size' is 0, but {terms} train on unlabelled "
                               "images: give them images per step or set those weights to 0")
         if config.loss.cross_domain_supervision > 0 and len(config.domains) > 1 and not self.label_sets:
@@ -79,10 +80,9 @@ class Experiment:
         self.run_dir.create().save_config(cfg)
         keras.utils.set_random_seed(cfg.seed)
         self.inputs = sources.prepare_domains(cfg, echo=self.echo)
-        unlabeled_terms = method.unlabeled_terms(cfg)
         for index, inputs in enumerate(self.inputs):
-            if unlabeled_terms and not inputs.unlabeled:
-                self.echo(f"domains.{index}.unlabeled is 0: {', '.join(unlabeled_terms)} "
+            if self.unlabeled_terms and not inputs.unlabeled:
+                self.echo(f"domains.{index}.unlabeled is 0: {', '.join(self.unlabeled_terms)} "
                           f"get no images of {inputs.domain.name}")
         if self.is_chief:
             pipeline.write_manifest(
