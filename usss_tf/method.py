@@ -119,21 +119,24 @@ def has_label_centroids(method):
 def trains_masked_modelling(config):
     """Whether a run of ``config`` has a ``masked`` stage with steps or the
     ``masked_auxiliary`` term (so its model a reconstruction head)."""
-    reconstructing = ("masked_reconstruction", "masked_auxiliary")
-    return any(stage.steps(config.train) > 0
-               and any(loss_weights(config.loss, stage).get(term, 0.0) > 0 for term in reconstructing)
-               for stage in PLANS.get(config.method, ()))
+    return bool(trained_terms(config, ("masked_reconstruction", "masked_auxiliary")))
 
 
-def unlabeled_terms(config):
-    """``{term: weight}`` of the ``UNLABELED_TERMS`` that some stage of ``config``'s
-    method trains with a weight above 0 (empty when unlabelled images go unused)."""
+def trained_terms(config, terms):
+    """``{term: weight}`` of those of ``terms`` that some stage of ``config``'s method
+    trains (it has steps) with a weight above 0."""
     found = {}
     for stage in PLANS.get(config.method, ()):
         if stage.steps(config.train) > 0:
             weights = loss_weights(config.loss, stage)
-            found.update({t: weights[t] for t in UNLABELED_TERMS if weights.get(t, 0.0) > 0})
+            found.update({t: weights[t] for t in terms if weights.get(t, 0.0) > 0})
     return found
+
+
+def unlabeled_terms(config):
+    """The ``UNLABELED_TERMS`` a run of ``config`` trains, ``{term: weight}``
+    (empty when unlabelled images go unused)."""
+    return trained_terms(config, UNLABELED_TERMS)
 
 
 def supervised_domain_config(config, domain_config):
