@@ -1,0 +1,89 @@
+"""How right a run's pseudo-labels are, and whether the other domain's decoder can vet them.
+
+For each domain of a finished run with a corresponding domain
+(``usss_tf.transfer``), on the run's unlabelled training images (the
+domain's train split minus its labelled draw, from ``manifest.json``; the
+synthetic domains have labels for all of them), the pixel accuracy and the
+share of pixels ("coverage") of the domain's own decoder's argmax:
+
+* ``all``: every labelled pixel;
+* ``confident``: where its top probability is at least
+  ``consistency.threshold`` (the fixed threshold of the consistency terms);
+* ``agree``: where the other domain's decoder, on the same features,
+  predicts a class whose counterpart set holds the own argmax (a class
+  without counterpart on either side counts as agreeing: it has no vote);
+* ``agree_confident``: both.
+
+The question it answers (docs/RESULTS.md, nineteenth session): would
+co-training across label spaces (keep a pseudo-label only where the two
+decoders agree) make the consistency terms' targets cleaner?
+
+    python docs/experiments/pseudo_label_agreement.py RUN_DIR [--json OUT]
+"""
+
+import argparse
+import json
+import pathlib
+
+import numpy as np
+import tensorflow as tf
+
+from usss_tf import inference, runs, transfer
+from usss_tf.data import readers
+
+
+def unlabelled_examples(run, domain):
+    """The run's unlabelled training examples of ``domain`` (labels present on disk)."""
+    manifest = json.loads((pathlib.Path(run.run_dir) / "manifest.json").read_text())[domain.name]
+    domain_config = next(d for d in run.config.domains if d.name == domain.name)
+    labelled = set(manifest["labeled"])
+    examples = readers.list_examples(domain, manifest["root"], domain_config.train_split)
+    return [e for e in examples if not any(name in str(e.image) for name in labelled)]
+
+
+def agreement_figures(run, domain, other, threshold, batch_size=4):
+    sets = transfer.correspondence(other, domain.name).label_sets()[:-1]  # [other classes, own classes]
+    other_has_counterpart, own_has_counterpart = sets.sum(1) > 0, sets.sum(0) > 0
+    counts = {way: [0, 0] for way in ("all", "confident", "agree", "agree_confident")}
+    loaded = inference.load_examples(unlabelled_examples(run, domain), domain.lookup_table())
+    for batch in inference.same_size_batches(loaded, batch_size):
+        images, labels = inference.stack(batch)
+        features = run.model.features(tf.convert_to_tensor(images), domain.name)
+        probabilities = tf.nn.softmax(run.model.decode(features, domain.name, labels.shape[1:3])).numpy()
+        others = run.model.decode(features, other, labels.shape[1:3]).numpy().argmax(-1)
+        own = probabilities.argmax(-1)
+        agree = (sets[others, own] > 0) | ~other_has_counterpart[others] | ~own_has_counterpart[own]
+        confident = probabilities.max(-1) >= threshold
+        known = labels != 255
+        right = (own == labels) & known
+        for way, mask in (("all", known), ("confident", known & confident), ("agree", known & agree),
+                          ("agree_confident", known & agree & confident)):
+            counts[way][0] += int((right & mask).sum())
+            counts[way][1] += int(mask.sum())
+    total = counts["all"][1]
+    return {way: {"accuracy": right / max(n, 1), "coverage": n / max(total, 1)}
+            for way, (right, n) in counts.items()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir")
+    parser.add_argument("--json", help="write the figures here too")
+    args = parser.parse_args()
+    run = runs.load_run(args.run_dir)
+    names = [d.name for d in run.domains]
+    results = {}
+    for domain in run.domains:
+        for other in names:
+            if other != domain.name and transfer.correspondence(other, domain.name) is not None:
+                results[f"{domain.name}<-{other}"] = agreement_figures(
+                    run, domain, other, run.config.consistency.threshold)
+    for pair, figures in results.items():
+        print(pair, "  ".join(f"{way}: {100 * f['accuracy']:.1f}% right on {100 * f['coverage']:.0f}%"
+                               for way, f in figures.items()))
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
