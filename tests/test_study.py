@@ -92,3 +92,11 @@ def test_grid_errors_name_the_file_and_key(tmp_path, tiny_run_settings):
         study.load_grid(_grid(tmp_path, tiny_run_settings, colour="red"))
     with pytest.raises(ConfigError, match="tiny_study.*train.nonsense"):
         study.load_grid(_grid(tmp_path, tiny_run_settings, set={"train.nonsense": 1}))
+    # A cell that would train unlabelled-image terms without unlabelled images
+    # is refused when the grid is read, not when the study reaches it.
+    with pytest.raises(ConfigError, match=r"cell univ_full/n2: key 'data.unlabeled_batch_size' is 0, "
+                                          r"but loss.within_entropy \(0.1\)"):
+        study.load_grid(_grid(tmp_path, tiny_run_settings, methods=["univ_basic", "univ_full"],
+                              set={"data.unlabeled_batch_size": 0, "loss.within_entropy": 0.1,
+                                   "train.steps": 2}))
+    assert study.load_grid(_grid(tmp_path, tiny_run_settings, set={"data.unlabeled_batch_size": 0}))

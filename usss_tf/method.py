@@ -31,6 +31,7 @@ from usss_tf import config as config_lib
 from usss_tf import losses
 from usss_tf.data import masking, strong_views
 from usss_tf.domains import IGNORE_LABEL
+from usss_tf.errors import ConfigError
 
 METHODS = config_lib.METHODS  # The names; the config validates against them.
 
@@ -137,6 +138,20 @@ def unlabeled_terms(config):
     """The ``UNLABELED_TERMS`` a run of ``config`` trains, ``{term: weight}``
     (empty when unlabelled images go unused)."""
     return trained_terms(config, UNLABELED_TERMS)
+
+
+def check_unlabeled_stream(config):
+    """Raises ``ConfigError`` when ``config`` trains terms on unlabelled images but
+    gives them none per step (``data.unlabeled_batch_size: 0``); returns ``unlabeled_terms``.
+
+    Without it such a run trains silently without those terms.
+    """
+    terms = unlabeled_terms(config)
+    if terms and config.data.unlabeled_batch_size == 0:
+        named = ", ".join(f"loss.{t} ({w:g})" for t, w in terms.items())
+        raise ConfigError(f"key 'data.unlabeled_batch_size' is 0, but {named} train on unlabelled "
+                          "images: give them images per step or set those weights to 0")
+    return terms
 
 
 def supervised_domain_config(config, domain_config):

@@ -137,10 +137,17 @@ def load_grid(path, out=None):
         upper_bound=_int_list(raw["upper_bound"], "upper_bound", path, 1)[0] if raw.get("upper_bound") else None,
         baseline=str(raw.get("baseline", "univ_basic")),
     )
-    for method in grid.methods:  # Validates every override before hours of training.
-        grid.config(method, grid.labeled[0], grid.seeds[0])
+    from usss_tf import method as method_lib
+
+    cells = [(m, grid.labeled[0]) for m in grid.methods]
     if grid.upper_bound:
-        grid.config(UPPER_BOUND, grid.upper_bound, grid.seeds[0])
+        cells.append((UPPER_BOUND, grid.upper_bound))
+    for method, n in cells:  # Validates every override before hours of training.
+        config = grid.config(method, n, grid.seeds[0])
+        try:
+            method_lib.check_unlabeled_stream(config)
+        except ConfigError as error:
+            raise ConfigError(f"grid {grid.name!r}, cell {method}/n{n}: {error}") from None
     return grid
 
 

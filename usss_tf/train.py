@@ -64,11 +64,7 @@ class Experiment:
         self._predictors = {}  # domain -> inference.DomainPredictor, traced once per run.
         self._last_validation = None  # (global step, results) of the latest validation logged.
         # {term: weight} of the terms that train on unlabelled images.
-        self.unlabeled_terms = method.unlabeled_terms(config)
-        if self.unlabeled_terms and config.data.unlabeled_batch_size == 0:
-            terms = ", ".join(f"loss.{t} ({w:g})" for t, w in self.unlabeled_terms.items())
-            raise ConfigError(f"key 'data.unlabeled_batch_size' is 0, but {terms} train on unlabelled "
-                              "images: give them images per step or set those weights to 0")
+        self.unlabeled_terms = method.check_unlabeled_stream(config)
         if config.loss.cross_domain_supervision > 0 and len(config.domains) > 1 and not self.label_sets:
             self.echo(f"loss.cross_domain_supervision: no two of the domains ({', '.join(config.domain_names)}) "
                       "have corresponding classes (usss_tf.transfer.CORRESPONDENCES); the term is off")
