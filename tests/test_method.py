@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from usss_tf import config as config_lib
 from usss_tf import method
+from usss_tf.data import colour_transfer
 from usss_tf.method import Objective
 from usss_tf.model.segmenter import UniversalSegmenter
 
@@ -227,6 +228,21 @@ def test_each_decoder_learns_from_the_other_domains_labels_through_the_correspon
     assert float(objective.total(terms)) == pytest.approx(
         float(terms["supervised/a"]) + float(terms["supervised/b"])
         + 0.5 * float(terms["cross_domain_supervision/b"]), rel=1e-6)
+    # In b's colours (data.augment.cross_domain_colour): the same term on a's crops
+    # with each channel's labelled-pixel mean and std matched to b's crops.
+    coloured = Objective({"supervised": 1.0, "cross_domain_supervision": 0.5}, num_domains=2,
+                         label_sets=label_sets, cross_domain_colour=True)
+    coloured_terms = coloured.terms(model, batch, training=False)
+    assert sorted(coloured_terms) == sorted(terms)
+    assert float(coloured_terms["supervised/a"]) == float(terms["supervised/a"])
+    images = colour_transfer.match_colours(batch["a"]["images"], batch["a"]["labels"],
+                                           batch["b"]["images"], batch["b"]["labels"])
+    logits = model.decode(model.encode(model.preprocessor("b").normalize(images), training=False),
+                          "b", (16, 32))
+    probabilities = tf.nn.softmax(tf.cast(logits, tf.float32)).numpy()
+    expected_coloured = -np.log((probabilities * admitted).sum(-1)[counted]).mean()
+    assert float(coloured_terms["cross_domain_supervision/b"]) == pytest.approx(expected_coloured, rel=1e-4)
+    assert abs(expected_coloured - expected) > 1e-3  # The colours changed what the decoder sees.
     # Without a pair of corresponding domains there is nothing to train.
     alone = Objective({"supervised": 1.0, "cross_domain_supervision": 0.5}, num_domains=2)
     assert sorted(alone.terms(model, batch, training=False)) == ["supervised/a", "supervised/b"]

@@ -138,6 +138,12 @@ class AugmentConfig:
     # with 10, but -2.8 on synth_camvid with all 60 labelled (docs/RESULTS.md):
     # turn it off for large labelled sets. The paper's pipelines turn it off.
     copy_paste: bool = True
+    # loss.cross_domain_supervision sees the other domains' labelled crops in
+    # this domain's colours (usss_tf.data.colour_transfer: each channel's mean
+    # and std matched to this domain's labelled crops of the step). No effect
+    # without that term. Measured on the synthetic domains: docs/RESULTS.md,
+    # "The other domains' labels in this domain's colours".
+    cross_domain_colour: bool = True
 
     def validate(self, key="data.augment"):
         if not 0 < self.min_scale <= self.max_scale:
@@ -640,6 +646,7 @@ ADDED_WITH_EARLIER_BEHAVIOUR = {
     "masked_modelling.augment": "training",
     "loss.masked_auxiliary": 0.0,
     "loss.cross_domain_supervision": 0.0,
+    "data.augment.cross_domain_colour": False,
 }
 
 

@@ -124,7 +124,7 @@ def masked_reconstruction_error(images, reconstructions, masks):
                         tf.reduce_sum(masks))
 
 
-def _replica_sum(value):
+def replica_sum(value):
     """``value`` summed over the replicas in sync (itself with one replica)."""
     context = tf.distribute.get_replica_context()
     if context is None or tf.distribute.get_strategy().num_replicas_in_sync == 1:
@@ -153,7 +153,7 @@ def class_adaptive_thresholds(pseudo_labels, confidence, valid, num_classes, thr
       float32 [C].
     """
     confident = tf.cast(tf.cast(confidence, tf.float32) >= threshold, tf.float32) * tf.cast(valid, tf.float32)
-    counts = _replica_sum(tf.math.unsorted_segment_sum(
+    counts = replica_sum(tf.math.unsorted_segment_sum(
         tf.reshape(confident, [-1]), tf.reshape(tf.cast(pseudo_labels, tf.int32), [-1]), num_classes))
     beta = counts / tf.maximum(tf.reduce_max(counts), 1.0)
     return threshold * beta / (2.0 - beta)
@@ -190,12 +190,12 @@ def align_distribution(probabilities, valid, labels, ignore_label=IGNORE_LABEL, 
     """
     num_classes = tf.shape(probabilities)[-1]
     if labelled_prior is None:
-        target = _replica_sum(labelled_class_counts(labels, num_classes, ignore_label))
+        target = replica_sum(labelled_class_counts(labels, num_classes, ignore_label))
     else:
-        target = _replica_sum(tf.reduce_sum(tf.cast(labelled_prior, tf.float32), axis=0))
+        target = replica_sum(tf.reduce_sum(tf.cast(labelled_prior, tf.float32), axis=0))
     target = (target + smoothing) / (tf.reduce_sum(target) + smoothing * tf.cast(num_classes, tf.float32))
     weights = tf.cast(valid, tf.float32)[..., None]
-    predicted = _replica_sum(tf.reduce_sum(probabilities * weights, axis=[0, 1, 2]))
+    predicted = replica_sum(tf.reduce_sum(probabilities * weights, axis=[0, 1, 2]))
     predicted = (predicted + smoothing) / (tf.reduce_sum(predicted) + smoothing * tf.cast(num_classes, tf.float32))
     aligned = probabilities * (target / predicted) ** strength
     return aligned / tf.reduce_sum(aligned, axis=-1, keepdims=True)

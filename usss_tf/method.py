@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from usss_tf import config as config_lib
 from usss_tf import losses
-from usss_tf.data import masking, strong_views
+from usss_tf.data import colour_transfer, masking, strong_views
 from usss_tf.domains import IGNORE_LABEL
 from usss_tf.errors import ConfigError
 
@@ -199,6 +199,9 @@ class Objective:
       label_sets: ``{(source, target): float [source classes + 1, target classes]}``
         (``transfer.label_sets``), the classes of ``target`` each label of ``source``
         admits; ``cross_domain_supervision`` trains the pairs given, none without.
+      cross_domain_colour: that term sees each source's labelled crops in the
+        target's colours (``usss_tf.data.colour_transfer``; one more encoder
+        pass of them per pair) instead of their own.
 
     The terms (p_d is the softmax over domain d's classes of the similarity
     between a pixel's embedding and d's label centroids):
@@ -207,7 +210,8 @@ class Objective:
     * cross_domain_supervision: each decoder on the other domains' labelled
       pixels, whose labels name a set of its classes where the label spaces
       correspond (``losses.partial_label_cross_entropy_sum``; "vehicle" admits
-      car and truck; labels without a counterpart do not count);
+      car and truck; labels without a counterpart do not count), their crops
+      in the decoder's domain's colours with ``cross_domain_colour``;
     * within_entropy (beta): H(p_d) on unlabelled pixels of domain d;
     * cross_entropy (alpha): mean over d' != d of H(p_d') on the same pixels;
     * embedding_supervision: cross-entropy of p_d against the labels, which
@@ -227,7 +231,8 @@ class Objective:
       ``"unlabeled_mask"``), alongside the segmentation terms.
     """
 
-    def __init__(self, weights=None, num_domains=None, consistency=None, label_sets=None):
+    def __init__(self, weights=None, num_domains=None, consistency=None, label_sets=None,
+                 cross_domain_colour=False):
         merged = dict.fromkeys(LOSS_TERMS, 0.0)
         merged["supervised"] = 1.0
         for key, value in (weights or {}).items():
@@ -244,6 +249,7 @@ class Objective:
             raise ValueError("consistency terms are on: pass the ConsistencyConfig (consistency=)")
         self.consistency = consistency
         self.label_sets = dict(label_sets or {})
+        self.cross_domain_colour = cross_domain_colour
 
     @property
     def uses_consistency(self):
@@ -317,6 +323,15 @@ class Objective:
                 # In the one encoder pass: BatchNorm's batch statistics include the blanked crops.
                 add((d, "masked"), masking.blank(unlabeled_images, batch[d]["unlabeled_mask"]))
                 targets[d] = unlabeled_images
+        # The cross-domain term's view of each source's labelled crops: in the
+        # target's colours (data.augment.cross_domain_colour), else as they are.
+        cross_domain = {(s, d): (s, "labeled") for d in names for s in names
+                        if (s, d) in self.label_sets} if w["cross_domain_supervision"] > 0 else {}
+        if self.cross_domain_colour:
+            for s, d in cross_domain:
+                add((s, f"as {d}"), model.preprocessor(d).normalize(colour_transfer.match_colours(
+                    batch[s]["images"], batch[s]["labels"], batch[d]["images"], batch[d]["labels"])))
+                cross_domain[(s, d)] = (s, f"as {d}")
         sizes = [tf.shape(c)[0] for c in chunks]
         features = tf.split(model.encode(tf.concat(chunks, 0), training=training), sizes, 0)
         # Embeddings of the labelled images (embedding supervision) and, for the
@@ -335,11 +350,11 @@ class Objective:
             if w["supervised"] > 0:
                 logits = model.decode(features[labelled], d, label_size)
                 terms[f"supervised/{d}"] = losses.replica_masked_cross_entropy(labels, logits)
-            sources = [s for s in names if (s, d) in self.label_sets]
-            if w["cross_domain_supervision"] > 0 and sources:
+            sources = [s for s in names if (s, d) in cross_domain]
+            if sources:
                 sums = [losses.partial_label_cross_entropy_sum(
                     self.label_sets[(s, d)], batch[s]["labels"],
-                    model.decode(features[where[(s, "labeled")]], d, tf.shape(batch[s]["labels"])[1:3]))
+                    model.decode(features[where[cross_domain[(s, d)]]], d, tf.shape(batch[s]["labels"])[1:3]))
                     for s in sources]
                 terms[f"cross_domain_supervision/{d}"] = losses.replica_mean(
                     tf.add_n([total for total, _ in sums]), tf.add_n([count for _, count in sums]))

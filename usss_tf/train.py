@@ -153,7 +153,8 @@ class Experiment:
         """The ``method.Objective`` of training stage ``stage``."""
         return method.Objective(method.loss_weights(self.config.loss, stage),
                                 num_domains=len(self.model.domains), consistency=self.config.consistency,
-                                label_sets=self.label_sets)
+                                label_sets=self.label_sets,
+                                cross_domain_colour=self.config.data.augment.cross_domain_colour)
 
     def _train_stage(self, stage, steps, offset, previous):
         """Trains ``stage`` for ``steps`` steps (resuming); returns its latest checkpoint."""
