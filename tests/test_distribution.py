@@ -86,7 +86,8 @@ SCRIPT = textwrap.dedent(
     masked_batch = {name: {"images": batch[name]["images"], "image_mask": np.stack([
         masking.patch_mask((32, 48), 8, ratio, [k, i]).numpy()
         for i, ratio in enumerate((0.2, 0.2, 0.7, 0.7))])} for k, name in enumerate(domains)}
-    every_term_consistency = ConsistencyConfig(threshold=0.3, alignment_target="batch")
+    every_term_consistency = ConsistencyConfig(threshold=0.3, alignment_target="batch",
+                                               class_adaptive_threshold=True)
     default_consistency = ConsistencyConfig(threshold=0.3)
 
     def segmenter():
