@@ -235,8 +235,9 @@ def test_each_decoder_learns_from_the_other_domains_labels_through_the_correspon
     coloured_terms = coloured.terms(model, batch, training=False)
     assert sorted(coloured_terms) == sorted(terms)
     assert float(coloured_terms["supervised/a"]) == float(terms["supervised/a"])
-    images = colour_transfer.match_colours(batch["a"]["images"], batch["a"]["labels"],
-                                           batch["b"]["images"], batch["b"]["labels"])
+    images = colour_transfer.match_colours(
+        batch["a"]["images"], colour_transfer.channel_moments(batch["a"]["images"], batch["a"]["labels"]),
+        colour_transfer.channel_moments(batch["b"]["images"], batch["b"]["labels"]))
     logits = model.decode(model.encode(model.preprocessor("b").normalize(images), training=False),
                           "b", (16, 32))
     probabilities = tf.nn.softmax(tf.cast(logits, tf.float32)).numpy()

@@ -327,10 +327,12 @@ class Objective:
         # target's colours (data.augment.cross_domain_colour), else as they are.
         cross_domain = {(s, d): (s, "labeled") for d in names for s in names
                         if (s, d) in self.label_sets} if w["cross_domain_supervision"] > 0 else {}
-        if self.cross_domain_colour:
+        if self.cross_domain_colour and cross_domain:
+            moments = {d: colour_transfer.channel_moments(batch[d]["images"], batch[d]["labels"])
+                       for d in sorted({d for pair in cross_domain for d in pair})}
             for s, d in cross_domain:
-                add((s, f"as {d}"), model.preprocessor(d).normalize(colour_transfer.match_colours(
-                    batch[s]["images"], batch[s]["labels"], batch[d]["images"], batch[d]["labels"])))
+                add((s, f"as {d}"), model.preprocessor(d).normalize(
+                    colour_transfer.match_colours(batch[s]["images"], moments[s], moments[d])))
                 cross_domain[(s, d)] = (s, f"as {d}")
         sizes = [tf.shape(c)[0] for c in chunks]
         features = tf.split(model.encode(tf.concat(chunks, 0), training=training), sizes, 0)

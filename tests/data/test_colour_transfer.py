@@ -7,6 +7,12 @@ from usss_tf.data import colour_transfer
 from usss_tf.domains import IGNORE_LABEL
 
 
+def _match(images, labels, reference, reference_labels):
+    return colour_transfer.match_colours(
+        images, colour_transfer.channel_moments(images, labels),
+        colour_transfer.channel_moments(reference, reference_labels)).numpy()
+
+
 def _moments(images, known):
     pixels = images[known]
     return pixels.mean(0), pixels.std(0)
@@ -24,8 +30,8 @@ def test_labelled_pixels_take_the_reference_mean_and_std_per_channel():
     reference_labels[2] = IGNORE_LABEL
     reference[2] = 0.0
 
-    out = colour_transfer.match_colours(tf.constant(images), tf.constant(labels),
-                                        tf.constant(reference), tf.constant(reference_labels)).numpy()
+    out = _match(tf.constant(images), tf.constant(labels), tf.constant(reference),
+                 tf.constant(reference_labels))
     known = labels != IGNORE_LABEL
     mean, std = _moments(out, known)
     expected_mean, expected_std = _moments(reference, reference_labels != IGNORE_LABEL)
@@ -45,8 +51,7 @@ def test_labels_at_a_lower_resolution_and_integer_images():
     labels = np.zeros((1, 4, 4), np.int32)  # Resized to the images' 8 x 8 by nearest neighbour.
     reference = np.full((1, 8, 8, 3), 50.0, np.float32)
     reference[:, :4] = 150.0
-    out = colour_transfer.match_colours(tf.constant(images), tf.constant(labels),
-                                        tf.constant(reference), tf.constant(labels)).numpy()
+    out = _match(tf.constant(images), tf.constant(labels), tf.constant(reference), tf.constant(labels))
     assert out.dtype == np.uint8
     assert out[0, 0, 0].tolist() == [50] * 3 and out[0, 0, 7].tolist() == [150] * 3
 
@@ -55,6 +60,6 @@ def test_a_flat_crop_does_not_divide_by_zero():
     images = tf.fill([1, 4, 4, 3], 90.0)
     labels = tf.zeros([1, 4, 4], tf.int32)
     reference = tf.constant(np.random.default_rng(1).uniform(0, 255, (1, 4, 4, 3)), tf.float32)
-    out = colour_transfer.match_colours(images, labels, reference, labels).numpy()
+    out = _match(images, labels, reference, labels)
     assert np.isfinite(out).all()
     np.testing.assert_allclose(out.mean((0, 1, 2)), reference.numpy().mean((0, 1, 2)), rtol=1e-5)

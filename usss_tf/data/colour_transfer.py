@@ -9,8 +9,8 @@ mean and standard deviation matched to A's labelled crops of the same step
 decoder learns B's labels on pixels that look more like its own domain's.
 
 Statistics are over the labelled pixels only (padding and ignored pixels are
-left out) and over the global batch (summed across replicas), so one device
-and several replicas transfer the same colours.
+left out) and over the global batch (summed across replicas; once per domain
+and step), so one device and several replicas transfer the same colours.
 """
 
 import tensorflow as tf
@@ -38,11 +38,10 @@ def channel_moments(images, labels, ignore_label=IGNORE_LABEL):
     return mean, tf.sqrt(tf.maximum(deviations / count, 1e-6))
 
 
-def match_colours(images, labels, reference_images, reference_labels, ignore_label=IGNORE_LABEL):
-    """``images`` (0-255, any float or int dtype) with each channel's mean and std
-    over their labelled pixels those of ``reference_images``' labelled pixels,
-    clipped to [0, 255], in ``images``' dtype."""
-    mean, std = channel_moments(images, labels, ignore_label)
-    reference_mean, reference_std = channel_moments(reference_images, reference_labels, ignore_label)
+def match_colours(images, moments, reference_moments):
+    """``images`` (0-255, any float or int dtype) moved from their ``channel_moments``
+    ``moments`` to ``reference_moments`` (each channel: subtract the mean, scale by the
+    std ratio, add the reference mean), clipped to [0, 255], in ``images``' dtype."""
+    (mean, std), (reference_mean, reference_std) = moments, reference_moments
     matched = (tf.cast(images, tf.float64) - mean) / std * reference_std + reference_mean
     return tf.cast(tf.clip_by_value(matched, 0.0, 255.0), tf.convert_to_tensor(images).dtype)
