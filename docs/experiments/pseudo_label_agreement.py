@@ -29,16 +29,17 @@ import numpy as np
 import tensorflow as tf
 
 from usss_tf import inference, runs, transfer
-from usss_tf.data import readers
+from usss_tf.data import readers, sources
 
 
 def unlabelled_examples(run, domain):
     """The run's unlabelled training examples of ``domain`` (labels present on disk)."""
-    manifest = json.loads((pathlib.Path(run.run_dir) / "manifest.json").read_text())[domain.name]
-    domain_config = next(d for d in run.config.domains if d.name == domain.name)
-    labelled = set(manifest["labeled"])
-    examples = readers.list_examples(domain, manifest["root"], domain_config.train_split)
-    return [e for e in examples if not any(name in str(e.image) for name in labelled)]
+    entry = json.loads((pathlib.Path(run.run_dir) / "manifest.json").read_text())[domain.name]
+    index, domain_config = next((i, d) for i, d in enumerate(run.config.domains) if d.name == domain.name)
+    root = sources.run_root(domain_config, index, entry, (domain_config.train_split,))  # As evaluate reads it.
+    labelled = set(entry["labeled"])
+    examples = readers.list_examples(domain, root, domain_config.train_split)
+    return [e for e in examples if e.key not in labelled]
 
 
 def agreement_figures(run, domain, other, threshold, batch_size=4):
