@@ -1,6 +1,7 @@
 """The peer of ``train_step.py`` in PyTorch: the same universal training step, timed the same way.
 
     python benchmarks/torch_train_step.py --backbone drn_d_22 --batch 2 --size 128x256 [--threads 2]
+    python benchmarks/torch_train_step.py --device cuda --precision mixed_float16 --batch 16
 
 Needs PyTorch (not a dependency of the package; ``compare_torch.py`` runs this
 file with a Python that has it). Written from the published architectures
@@ -12,7 +13,10 @@ max_k <e, M[c, k]> / tau; embedding supervision, within- and cross-domain
 entropy with the paper's weights (1, 1, 0.1, 0.1); AdamW (lr 1e-3,
 weight decay 4e-3 as Keras' default). The batch is constant in memory; the
 first call is reported apart, the steady state is the median of the next
-``--steps`` calls. JSON out.
+``--steps`` calls. JSON out. On a GPU (``--device cuda``) each timed step
+ends with a device synchronisation, and the step's floating-point operations
+(``torch.utils.flop_counter``, forward and backward) give the achieved
+TFLOP/s, to read against the chip's peak as MFU.
 """
 
 import argparse
@@ -114,12 +118,14 @@ def _entropy(logits):
     return -(log_p.exp() * log_p).sum(1).mean()
 
 
-def train_step(model, optimizer, batch):
+def train_step(model, optimizer, batch, scaler=None):
     chunks = []
     for d in DOMAINS:
         chunks += [batch[d]["images"], batch[d]["unlabeled"]]
     sizes = [c.shape[0] for c in chunks]
-    features = torch.split(model.encoder((torch.cat(chunks) - MEAN) / STD), sizes)
+    images = torch.cat(chunks)
+    mean, std = MEAN.to(images.device), STD.to(images.device)
+    features = torch.split(model.encoder((images - mean) / std), sizes)
     embeddings = torch.split(F.normalize(model.embedding(torch.cat(features)), dim=1, eps=1e-6), sizes)
     total = 0.0
     for i, d in enumerate(DOMAINS):
@@ -135,31 +141,49 @@ def train_step(model, optimizer, batch):
         cross = sum(_entropy(model.similarity(unlabeled, o)) for o in others) / len(others)
         total = total + WEIGHTS["cross_entropy"] * cross
     optimizer.zero_grad(set_to_none=True)
-    total.backward()
-    optimizer.step()
-    return total
+    if scaler is not None and scaler.is_enabled():
+        scaler.scale(total).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        total.backward()
+        optimizer.step()
+    return total.detach()
 
 
-def make_step(backbone, batch, size, width=1.0, channels_last=False, bf16=False):
-    """(model, a function running one training step on a constant batch and returning its loss)."""
+AUTOCAST = {"float32": None, "mixed_bfloat16": torch.bfloat16, "mixed_float16": torch.float16}
+
+
+def make_step(backbone, batch, size, width=1.0, channels_last=False, precision="float32", device="cpu"):
+    """(model, a function running one training step on a constant batch and returning its loss).
+
+    ``mixed_float16`` scales the loss (``torch.amp.GradScaler``) as Keras'
+    LossScaleOptimizer does; the step returns once the device has finished it.
+    """
     torch.manual_seed(0)
-    model = Segmenter(backbone, width).train()
+    model = Segmenter(backbone, width).train().to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=4e-3)
     rng = np.random.default_rng(0)
     memory = torch.channels_last if channels_last else torch.contiguous_format
     data = {}
     for d, classes in DOMAINS.items():
         data[d] = {
-            "images": torch.tensor(rng.uniform(0, 255, (batch, 3, *size)), dtype=torch.float32).contiguous(memory_format=memory),
-            "unlabeled": torch.tensor(rng.uniform(0, 255, (batch, 3, *size)), dtype=torch.float32).contiguous(memory_format=memory),
-            "labels": torch.tensor(rng.integers(0, classes, (batch, *size)), dtype=torch.long),
+            "images": torch.tensor(rng.uniform(0, 255, (batch, 3, *size)), dtype=torch.float32,
+                                   device=device).contiguous(memory_format=memory),
+            "unlabeled": torch.tensor(rng.uniform(0, 255, (batch, 3, *size)), dtype=torch.float32,
+                                      device=device).contiguous(memory_format=memory),
+            "labels": torch.tensor(rng.integers(0, classes, (batch, *size)), dtype=torch.long, device=device),
         }
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
 
+    dtype = AUTOCAST[precision]
+    scaler = torch.amp.GradScaler(device, enabled=precision == "mixed_float16")
+    device_type = torch.device(device).type
+
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            return float(train_step(model, optimizer, data))
+        with torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            return float(train_step(model, optimizer, data, scaler))  # float(): waits for the device
 
     return model, step
 
@@ -170,16 +194,29 @@ def timed(step):
     return time.perf_counter() - start
 
 
-def measure(backbone, batch, size, width=1.0, steps=10, channels_last=False, bf16=False):
-    model, step = make_step(backbone, batch, size, width, channels_last, bf16)
+def step_flops(step):
+    """Floating-point operations of one training step (forward and backward), as PyTorch counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def measure(backbone, batch, size, width=1.0, steps=10, channels_last=False, precision="float32",
+            device="cpu"):
+    model, step = make_step(backbone, batch, size, width, channels_last, precision, device)
     first = timed(step)
     times = [timed(step) for _ in range(steps)]
     images = len(DOMAINS) * batch * 2
     median = float(np.median(times))
+    flops = step_flops(step)
     return {
         "backbone": backbone, "width": width, "batch_per_stream": batch, "size": list(size),
-        "losses": "all", "precision": "mixed_bfloat16" if bf16 else "float32",
-        "channels_last": channels_last,
+        "losses": "all", "precision": precision, "device": device,
+        "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor(),
+        "channels_last": channels_last, "step_tflop": round(flops / 1e12, 4),
+        "achieved_tflops": round(flops / median / 1e12, 2),
         "parameters": int(sum(p.numel() for p in model.parameters())), "images_per_step": images,
         "first_step_seconds": round(first, 2), "step_seconds_median": round(median, 4),
         "step_seconds_min": round(float(np.min(times)), 4),
@@ -187,14 +224,14 @@ def measure(backbone, batch, size, width=1.0, steps=10, channels_last=False, bf1
     }
 
 
-def serve_steps(backbone, batch, size, width, channels_last, bf16):
+def serve_steps(backbone, batch, size, width, channels_last, precision):
     """Step on request: one line on stdout per line on stdin (``compare_torch.py --interleave``).
 
     Prints ``{"ready": first_step_seconds, "parameters": ...}`` once built and
     warmed up, then for every ``step`` line read, runs one step and prints
     its seconds; ends at end of input.
     """
-    model, step = make_step(backbone, batch, size, width, channels_last, bf16)
+    model, step = make_step(backbone, batch, size, width, channels_last, precision)
     first = timed(step)
     print(json.dumps({"ready": round(first, 2), "torch": torch.__version__,
                       "parameters": int(sum(p.numel() for p in model.parameters()))}), flush=True)
@@ -213,7 +250,8 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--precision", default="float32", choices=("float32", "mixed_bfloat16"))
+    parser.add_argument("--precision", default="float32", choices=tuple(AUTOCAST))
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (a GPU) to time the step there")
     parser.add_argument("--serve-steps", action="store_true",
                         help="one backbone; run a step per 'step' line on stdin (compare_torch.py)")
     args = parser.parse_args()
@@ -221,10 +259,10 @@ def main():
     size = tuple(int(v) for v in args.size.split("x"))
     if args.serve_steps:
         serve_steps((args.backbone or ["drn_d_22"])[0], args.batch, size, args.width,
-                    args.channels_last, args.precision == "mixed_bfloat16")
+                    args.channels_last, args.precision)
         return
-    results = [measure(b, args.batch, size, args.width, args.steps, args.channels_last,
-                       args.precision == "mixed_bfloat16")
+    results = [measure(b, args.batch, size, args.width, args.steps, args.channels_last, args.precision,
+                       args.device)
                for b in (args.backbone or ["erfnet", "drn_d_22"])]
     print(json.dumps({"benchmark": "torch_train_step", "torch": torch.__version__,
                       "threads": args.threads, "machine": platform.machine(), "results": results},
