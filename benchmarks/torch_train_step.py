@@ -194,6 +194,17 @@ def timed(step):
     return time.perf_counter() - start
 
 
+def _cpu_name():
+    """The CPU's model name as /proc/cpuinfo gives it (``platform.processor()`` is empty on Linux)."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def step_flops(step):
     """Floating-point operations of one training step (forward and backward), as PyTorch counts them."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -214,7 +225,7 @@ def measure(backbone, batch, size, width=1.0, steps=10, channels_last=False, pre
     return {
         "backbone": backbone, "width": width, "batch_per_stream": batch, "size": list(size),
         "losses": "all", "precision": precision, "device": device,
-        "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor(),
+        "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else _cpu_name(),
         "channels_last": channels_last, "step_tflop": round(flops / 1e12, 4),
         "achieved_tflops": round(flops / median / 1e12, 2),
         "parameters": int(sum(p.numel() for p in model.parameters())), "images_per_step": images,
