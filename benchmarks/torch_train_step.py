@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from machine_info import cpu_model  # noqa: E402
 from torch_drn import DRND, VARIANTS, width_channels  # noqa: E402
 
 DOMAINS = {"synth_city": 10, "synth_camvid": 7}
@@ -194,16 +195,6 @@ def timed(step):
     return time.perf_counter() - start
 
 
-def _cpu_name():
-    """The CPU's model name as /proc/cpuinfo gives it (``platform.processor()`` is empty on Linux)."""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
 
 def step_flops(step):
     """Floating-point operations of one training step (forward and backward), as PyTorch counts them."""
@@ -225,7 +216,7 @@ def measure(backbone, batch, size, width=1.0, steps=10, channels_last=False, pre
     return {
         "backbone": backbone, "width": width, "batch_per_stream": batch, "size": list(size),
         "losses": "all", "precision": precision, "device": device,
-        "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else _cpu_name(),
+        "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else cpu_model(),
         "channels_last": channels_last, "step_tflop": round(flops / 1e12, 4),
         "achieved_tflops": round(flops / median / 1e12, 2),
         "parameters": int(sum(p.numel() for p in model.parameters())), "images_per_step": images,

@@ -25,6 +25,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from machine_info import cpu_model  # noqa: E402
 from usss_tf import precision as precision_lib  # noqa: E402
 from usss_tf.config import TrainConfig  # noqa: E402
 from usss_tf.method import Objective  # noqa: E402
@@ -151,19 +152,9 @@ def measure(backbone, batch, size, width=1.0, steps=10, supervised_only=False, p
     }
 
 
-def _cpu_model():
-    """The CPU's model name (Linux), so a figure says which machine measured it."""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
 
 def machine():
-    return (f"{platform.machine()}, {_cpu_model()}, {os.cpu_count()} cpus, "
+    return (f"{platform.machine()}, {cpu_model()}, {os.cpu_count()} cpus, "
             f"{len(tf.config.list_physical_devices('GPU'))} gpus")
 
 
