@@ -179,8 +179,8 @@ def make_step(backbone, batch, size, width=1.0, channels_last=False, precision="
         model = model.to(memory_format=torch.channels_last)
 
     dtype = AUTOCAST[precision]
-    scaler = torch.amp.GradScaler(device, enabled=precision == "mixed_float16")
-    device_type = torch.device(device).type
+    device_type = torch.device(device).type  # "cuda" for "cuda:1": what autocast and the scaler take
+    scaler = torch.amp.GradScaler(device_type, enabled=precision == "mixed_float16")
 
     def step():
         with torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
