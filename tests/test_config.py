@@ -88,6 +88,12 @@ def test_round_trip_through_yaml(tmp_path):
     (lambda: config_lib.TrainConfig(precision="fp8"), "train", "key 'train.precision': unknown precision 'fp8'"),
     (lambda: config_lib.DataConfig(crop=[30, 64]), "data", "key 'data.crop': height and width must be multiples of 8"),
     (lambda: config_lib.ModelConfig(backbone="vgg"), "model", "key 'model.backbone': unknown backbone 'vgg'"),
+    (lambda: config_lib.ModelConfig(depth=1.5), "model", "key 'model.depth': expected 0 < depth <= 1, got 1.5"),
+    (lambda: config_lib.ModelConfig(backbone="drn_d_22", depth=0.5, backbone_weights="drn_d_22-4bd2f8ea.pth"),
+     "model", "key 'model.depth': 0.5 is not 1.0, but 'model.backbone_weights' (drn_d_22-4bd2f8ea.pth) holds "
+     "the full-depth network"),
+    (lambda: config_lib.ModelConfig(backbone="hub", depth=0.5, backbone_weights="presets/resnet"), "model",
+     "key 'model.depth': 0.5 is not 1.0"),
     (lambda: config_lib.MaskedModellingConfig(mask_ratio=1.0), "masked_modelling",
      "key 'masked_modelling.mask_ratio': must be in (0, 1), got 1.0"),
     (lambda: config_lib.MaskedModellingConfig(patch=0), "masked_modelling",

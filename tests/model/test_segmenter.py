@@ -26,6 +26,27 @@ def test_backbones_have_output_stride_8(backbone):
     assert features.shape[1:3] == (8, 12)
 
 
+@pytest.mark.parametrize("backbone, depth, blocks", [
+    ("erfnet", 1.0, 13), ("erfnet", 0.2, 3), ("erfnet", 0.01, 2),
+    ("drn_d_22", 1.0, 8), ("drn_d_22", 0.5, 4), ("drn_d_38", 0.5, 9)])
+def test_depth_keeps_the_first_blocks_of_every_stage_and_the_stride(backbone, depth, blocks):
+    encoder = build_backbone(backbone, width=0.125, depth=depth)
+    # One Add per residual block (ERFNet's non-bottleneck-1d, DRN's stages 3-6).
+    assert sum(isinstance(layer, keras.layers.Add) for layer in encoder.layers) == blocks
+    assert encoder(tf.zeros([1, 64, 96, 3])).shape[1:3] == (8, 12)
+    if backbone == "erfnet":  # Stage 3 keeps its first dilations: 2, then 4.
+        assert encoder.get_layer("stage3_block0_conv1a").dilation_rate == (2, 1)
+        if blocks > 2:
+            assert encoder.get_layer("stage3_block1_conv1a").dilation_rate == (4, 1)
+
+
+def test_a_shallow_model_saves_its_depth():
+    model = _model(depth=0.2)
+    clone = UniversalSegmenter.from_config(model.get_config())
+    assert clone.depth == 0.2
+    assert len(clone.encoder.layers) == len(model.encoder.layers) < len(_model().encoder.layers)
+
+
 def test_drn_d_22_has_the_papers_channels_at_full_width():
     encoder = build_backbone("drn_d_22")
     assert encoder.output.shape[-1] == 512

@@ -16,7 +16,7 @@ HUB = "hub"
 TORCH_SUFFIXES = (".pth", ".pt")
 
 
-def build_backbone(name, weights=None, width=1.0, dropout=0.0, sync_batchnorm=False):
+def build_backbone(name, weights=None, width=1.0, dropout=0.0, sync_batchnorm=False, depth=1.0):
     """Builds the encoder ``name`` and loads ``weights`` from a local path when given.
 
     ``weights`` is one of (nothing is ever downloaded):
@@ -30,13 +30,15 @@ def build_backbone(name, weights=None, width=1.0, dropout=0.0, sync_batchnorm=Fa
       architecture too).
     """
     if name == HUB:
+        if depth != 1.0:
+            raise ConfigError(f"key 'model.depth': {depth} is not 1.0; a keras-hub preset fixes its depth")
         from usss_tf.model.hub import build_hub_backbone
 
         return build_hub_backbone(weights, sync_batchnorm=sync_batchnorm)
     if name == "erfnet":
-        model = build_erfnet(width=width, dropout=dropout, sync_batchnorm=sync_batchnorm)
+        model = build_erfnet(width=width, depth=depth, dropout=dropout, sync_batchnorm=sync_batchnorm)
     elif name in DRN_D_VARIANTS:
-        model = build_drn_d(name, width=width, sync_batchnorm=sync_batchnorm)
+        model = build_drn_d(name, width=width, depth=depth, sync_batchnorm=sync_batchnorm)
     else:
         raise ConfigError(
             f"key 'model.backbone': unknown backbone {name!r}; expected one of: {', '.join(BACKBONES)}"

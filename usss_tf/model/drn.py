@@ -14,7 +14,7 @@ ImageNet checkpoints load key by key (``usss_tf.model.drn_weights``).
 
 import keras
 
-from usss_tf.model.layers import PaddedConv2D, batch_norm, make_divisible
+from usss_tf.model.layers import PaddedConv2D, batch_norm, make_divisible, scale_depth
 
 # variant -> (block, layers per stage 1-8), as in drn.py's drn_d_* constructors.
 DRN_D_VARIANTS = {
@@ -70,11 +70,12 @@ def _residual_block(x, block, planes, stride, dilation, sync, name):
     return keras.layers.ReLU(name=f"{name}_out")(y)
 
 
-def build_drn_d(variant="drn_d_22", width=1.0, sync_batchnorm=False, name=None):
+def build_drn_d(variant="drn_d_22", width=1.0, depth=1.0, sync_batchnorm=False, name=None):
     """Returns a functional DRN-D model: float image [B, H, W, 3] -> features at stride 8.
 
-    ``width`` scales every channel count (1.0 = the published network, the
-    only width the ImageNet checkpoints fit).
+    ``width`` scales every channel count and ``depth`` the number of residual
+    blocks of stages 3-6 (1.0 each = the published network, the only one the
+    ImageNet checkpoints fit).
     """
     block, layers = DRN_D_VARIANTS[variant]
     channels = [make_divisible(c, width) for c in DRN_D_CHANNELS]
@@ -89,7 +90,7 @@ def build_drn_d(variant="drn_d_22", width=1.0, sync_batchnorm=False, name=None):
     # Stages 3-6: residual; 3 and 4 halve the resolution, 5 and 6 dilate instead
     # (drn.py's new_level=False: their first block dilates both convolutions fully).
     for stage, (stride, dilation) in enumerate(((2, 1), (2, 1), (1, 2), (1, 4)), start=3):
-        for i in range(layers[stage - 1]):
+        for i in range(scale_depth(layers[stage - 1], depth)):
             x = _residual_block(
                 x, block, channels[stage - 1], stride if i == 0 else 1, (dilation, dilation),
                 sync, f"layer{stage}_{i}",

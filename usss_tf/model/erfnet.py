@@ -1,12 +1,18 @@
 """ERFNet encoder (Romera et al., 2017): factorised residual convolutions, stride 8.
 
 The default backbone: about 2M parameters at width 1.0, fast enough to train on
-a CPU. ``width`` scales every channel count so tests can use a narrow one.
+a CPU. ``width`` scales every channel count and ``depth`` the number of
+residual blocks per stage (1.0 each: the published network), so quick runs and
+tests can use a narrow, shallow one.
 """
 
 import keras
 
-from usss_tf.model.layers import PaddedConv2D, batch_norm, make_divisible
+from usss_tf.model.layers import PaddedConv2D, batch_norm, make_divisible, scale_depth
+
+STAGE2_BLOCKS = 5
+# The dilation of each stage-3 block; a shallower network keeps the first ones.
+STAGE3_DILATIONS = (2, 4, 8, 16, 2, 4, 8, 16)
 
 
 def _downsampler(x, channels, sync, name):
@@ -38,8 +44,11 @@ def _non_bottleneck_1d(x, dilation, dropout, sync, name):
     return keras.layers.ReLU(name=f"{name}_out")(x)
 
 
-def build_erfnet(width=1.0, dropout=0.0, sync_batchnorm=False, name="erfnet"):
-    """Returns a functional ``keras.Model``: float image [B, H, W, 3] -> features at stride 8."""
+def build_erfnet(width=1.0, depth=1.0, dropout=0.0, sync_batchnorm=False, name="erfnet"):
+    """Returns a functional ``keras.Model``: float image [B, H, W, 3] -> features at stride 8.
+
+    ``depth`` keeps ``ceil(depth x 5)`` stage-2 and ``ceil(depth x 8)`` stage-3 blocks.
+    """
     c16, c64, c128 = (make_divisible(c, width) for c in (16, 64, 128))
     # A downsampler concatenates conv and pooled channels: each stage must grow.
     c64 = max(c64, 2 * c16)
@@ -47,9 +56,9 @@ def build_erfnet(width=1.0, dropout=0.0, sync_batchnorm=False, name="erfnet"):
     inputs = keras.Input((None, None, 3), name="images")
     x = _downsampler(inputs, c16, sync_batchnorm, "down1")
     x = _downsampler(x, c64, sync_batchnorm, "down2")
-    for i in range(5):
+    for i in range(scale_depth(STAGE2_BLOCKS, depth)):
         x = _non_bottleneck_1d(x, 1, dropout / 10.0, sync_batchnorm, f"stage2_block{i}")
     x = _downsampler(x, c128, sync_batchnorm, "down3")
-    for i, rate in enumerate((2, 4, 8, 16, 2, 4, 8, 16)):
+    for i, rate in enumerate(STAGE3_DILATIONS[:scale_depth(len(STAGE3_DILATIONS), depth)]):
         x = _non_bottleneck_1d(x, rate, dropout, sync_batchnorm, f"stage3_block{i}")
     return keras.Model(inputs, x, name=name)

@@ -1,6 +1,7 @@
 """Small building blocks shared by the backbones."""
 
 import concurrent.futures
+import math
 
 import keras
 import tensorflow as tf
@@ -9,6 +10,12 @@ import tensorflow as tf
 def make_divisible(channels, width, minimum=8):
     """Scales a channel count by ``width``, rounding to a multiple of 4 (>= ``minimum``)."""
     return max(minimum, int(round(channels * width / 4.0)) * 4)
+
+
+def scale_depth(blocks, depth):
+    """Scales a stage's number of blocks by ``depth`` (EfficientNet's depth coefficient):
+    ``ceil(blocks * depth)``, at least one, so every stage and its stride stay."""
+    return max(1, math.ceil(blocks * depth - 1e-9))
 
 
 def batch_norm(sync, name):

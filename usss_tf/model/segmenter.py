@@ -38,6 +38,8 @@ class UniversalSegmenter(keras.Model):
       backbone: ``erfnet``, ``drn_d_22/38/54/105`` or ``hub`` (a keras-hub
         preset folder in ``backbone_weights``); see ``model.backbones``.
       width: channel multiplier of the backbone.
+      depth: block multiplier of the backbone's residual stages (1.0: the
+        published network; less for quick runs and tests).
       embedding_dim: d, the size of the pixel embedding.
       centroids_per_class: K label centroids per class.
       temperature: tau of the centroid similarity.
@@ -56,6 +58,7 @@ class UniversalSegmenter(keras.Model):
         domains,
         backbone="erfnet",
         width=1.0,
+        depth=1.0,
         embedding_dim=64,
         centroids_per_class=3,
         temperature=0.1,
@@ -77,6 +80,7 @@ class UniversalSegmenter(keras.Model):
         self.scales = {name: float(scales.get(name, 1.0)) for name in self.domains}
         self.backbone_name = backbone
         self.width = width
+        self.depth = depth
         self.embedding_dim = embedding_dim
         self.centroids_per_class = centroids_per_class
         self.temperature = temperature
@@ -86,7 +90,7 @@ class UniversalSegmenter(keras.Model):
         self.reconstruction = bool(reconstruction)
 
         self.encoder = build_backbone(
-            backbone, weights=backbone_weights, width=width, dropout=dropout,
+            backbone, weights=backbone_weights, width=width, depth=depth, dropout=dropout,
             sync_batchnorm=sync_batchnorm,
         )
         self.embedding = EmbeddingHead(embedding_dim, name="embedding")
@@ -284,6 +288,7 @@ class UniversalSegmenter(keras.Model):
             "domains": dict(self.domains),
             "backbone": self.backbone_name,
             "width": self.width,
+            "depth": self.depth,
             "embedding_dim": self.embedding_dim,
             "centroids_per_class": self.centroids_per_class,
             "temperature": self.temperature,
@@ -308,6 +313,7 @@ class UniversalSegmenter(keras.Model):
                 domains={d.name: registry.get_domain(d.name).num_classes for d in config.domains},
                 backbone=m.backbone,
                 width=m.width,
+                depth=m.depth,
                 embedding_dim=m.embedding_dim,
                 centroids_per_class=m.centroids_per_class,
                 temperature=m.temperature,
