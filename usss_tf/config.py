@@ -105,7 +105,7 @@ class ModelConfig:
     width: float = 1.0  # channel multiplier of the backbone.
     # Block multiplier of the backbone's residual stages: ceil(depth x blocks),
     # at least one per stage. 1.0 is the published network (the only depth DRN
-    # checkpoints and keras-hub presets fit); less trains and traces faster (tests use 0.2).
+    # checkpoints and keras-hub presets fit); less trains and traces faster (tests use 0.25).
     depth: float = 1.0
     embedding_dim: int = 64
     centroids_per_class: int = 3
@@ -129,7 +129,8 @@ class ModelConfig:
         _check_positive(key, self, ("width", "temperature"))
         if not 0 < self.depth <= 1:
             raise ConfigError(f"key '{key}.depth': expected 0 < depth <= 1, got {self.depth}")
-        full_depth_weights = self.backbone == "hub" or str(self.backbone_weights or "").endswith((".pth", ".pt"))
+        weights = str(self.backbone_weights or "")
+        full_depth_weights = self.backbone == "hub" or weights.endswith((".pth", ".pt"))
         if self.depth != 1 and full_depth_weights:
             raise ConfigError(
                 f"key '{key}.depth': {self.depth} is not 1.0, but '{key}.backbone_weights' "
