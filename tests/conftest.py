@@ -37,11 +37,13 @@ def camvid_tree(tmp_path):
     return write_camvid_tree(tmp_path / "camvid")
 
 
+# A narrow, shallow ERFNet (4 of its 13 blocks: half a full-depth tiny run's time,
+# most of it tracing); tests of the backbones themselves use every block.
 TINY_RUN = {
     "name": "tiny_run",
     "method": "univ_full",
     "seed": 0,
-    "model": {"width": 0.125, "embedding_dim": 8, "centroids_per_class": 2},
+    "model": {"width": 0.125, "depth": 0.25, "embedding_dim": 8, "centroids_per_class": 2},
     "data": {"crop": [32, 64], "batch_size": 2, "unlabeled_batch_size": 2, "eval_batch_size": 4},
     # Every stage and loss term of univ_full (its defaults leave the unlabelled-pixel terms off).
     "loss": {"within_entropy": 0.1, "cross_entropy": 0.1, "embedding_supervision": 1.0,

@@ -24,7 +24,7 @@ TINY = {
     "name": "tiny",
     "method": "univ_full",
     "seed": 0,
-    "model": {"width": 0.125, "embedding_dim": 8, "centroids_per_class": 2},
+    "model": {"width": 0.125, "depth": 0.25, "embedding_dim": 8, "centroids_per_class": 2},
     "data": {"crop": [32, 64], "batch_size": 2, "unlabeled_batch_size": 2, "eval_batch_size": 4},
     "train": {"masked_steps": 0, "pretrain_steps": 4, "steps": 6, "checkpoint_every": 2, "log_every": 1,
               "verbose": 0},

@@ -6,7 +6,7 @@ from usss_tf.model.segmenter import UniversalSegmenter
 
 
 def test_predictor_traces_once_and_equals_the_models_inference_path():
-    model = UniversalSegmenter({"a": 3, "b": 4}, width=0.125, embedding_dim=8, scales={"a": 0.5})
+    model = UniversalSegmenter({"a": 3, "b": 4}, width=0.125, depth=0.25, embedding_dim=8, scales={"a": 0.5})
     model.build()
     predictor = inference.DomainPredictor(model, "a")
     rng = np.random.default_rng(0)

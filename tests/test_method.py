@@ -73,7 +73,8 @@ def test_objective_weights():
 
 
 def test_objective_terms_and_their_weighted_total():
-    model = UniversalSegmenter({"a": 3, "b": 4}, width=0.125, embedding_dim=8, centroids_per_class=2)
+    model = UniversalSegmenter({"a": 3, "b": 4}, width=0.125, depth=0.25, embedding_dim=8,
+                               centroids_per_class=2)
     model.build()
     rng = np.random.default_rng(0)
     batch = {
@@ -143,8 +144,8 @@ def _masked_batch(model, rng):
 
 
 def test_the_masked_stage_reconstructs_every_crop_and_trains_only_the_encoder_and_its_head():
-    model = UniversalSegmenter({"a": 3, "b": 4}, width=0.125, embedding_dim=8, centroids_per_class=2,
-                               reconstruction=True)
+    model = UniversalSegmenter({"a": 3, "b": 4}, width=0.125, depth=0.25, embedding_dim=8,
+                               centroids_per_class=2, reconstruction=True)
     model.build()
     batch = _masked_batch(model, np.random.default_rng(0))
     objective = Objective(method.loss_weights(config_lib.LossConfig(), method.plan("univ_full")[0]))
@@ -174,8 +175,8 @@ def test_the_masked_stage_reconstructs_every_crop_and_trains_only_the_encoder_an
 
 
 def test_the_auxiliary_reconstruction_is_the_masked_error_on_the_unlabelled_crops():
-    model = UniversalSegmenter({"a": 3, "b": 4}, width=0.125, embedding_dim=8, centroids_per_class=2,
-                               reconstruction=True)
+    model = UniversalSegmenter({"a": 3, "b": 4}, width=0.125, depth=0.25, embedding_dim=8,
+                               centroids_per_class=2, reconstruction=True)
     model.build()
     rng = np.random.default_rng(1)
     # The masked stage's crops and masks as the unlabelled stream.
@@ -204,7 +205,8 @@ def test_the_auxiliary_reconstruction_is_the_masked_error_on_the_unlabelled_crop
 
 
 def test_each_decoder_learns_from_the_other_domains_labels_through_the_correspondence():
-    model = UniversalSegmenter({"a": 3, "b": 4}, width=0.125, embedding_dim=8, centroids_per_class=2)
+    model = UniversalSegmenter({"a": 3, "b": 4}, width=0.125, depth=0.25, embedding_dim=8,
+                               centroids_per_class=2)
     model.build()
     rng = np.random.default_rng(2)
     batch = {d: {"images": tf.constant(rng.uniform(0, 255, (2, 16, 32, 3)), tf.float32),

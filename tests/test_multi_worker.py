@@ -30,7 +30,8 @@ from usss_tf.testing import free_ports
 
 TINY = {
     "method": "univ_full", "seed": 0,
-    "model": {"width": 0.125, "embedding_dim": 8, "centroids_per_class": 2, "sync_batchnorm": True},
+    "model": {"width": 0.125, "depth": 0.25, "embedding_dim": 8, "centroids_per_class": 2,
+              "sync_batchnorm": True},
     "data": {"crop": [32, 64], "batch_size": 2, "unlabeled_batch_size": 2, "eval_batch_size": 4},
     # No masked or pretraining stage: the universal step has every loss term (the supervised
     # one included), and each stage costs every process of the test a trace.

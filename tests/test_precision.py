@@ -18,7 +18,7 @@ def _config(policy):
     return config_lib.config_from_dict({
         "method": "univ_full",
         "domains": [{"name": "synth_city", "root": "/nowhere"}, {"name": "synth_camvid", "root": "/nowhere"}],
-        "model": {"width": 0.125, "embedding_dim": 8, "centroids_per_class": 2},
+        "model": {"width": 0.125, "depth": 0.25, "embedding_dim": 8, "centroids_per_class": 2},
         "train": {"precision": policy},
     })
 

@@ -12,6 +12,7 @@ DOMAINS = {"a": 3, "b": 5}
 
 def _model(**kwargs):
     kwargs.setdefault("width", 0.25)
+    kwargs.setdefault("depth", 0.25)
     kwargs.setdefault("embedding_dim", 8)
     kwargs.setdefault("centroids_per_class", 2)
     model = UniversalSegmenter(DOMAINS, **kwargs)
@@ -41,10 +42,10 @@ def test_depth_keeps_the_first_blocks_of_every_stage_and_the_stride(backbone, de
 
 
 def test_a_shallow_model_saves_its_depth():
-    model = _model(depth=0.2)
+    model = _model(depth=0.25)
     clone = UniversalSegmenter.from_config(model.get_config())
-    assert clone.depth == 0.2
-    assert len(clone.encoder.layers) == len(model.encoder.layers) < len(_model().encoder.layers)
+    assert clone.depth == 0.25
+    assert len(clone.encoder.layers) == len(model.encoder.layers) < len(_model(depth=1.0).encoder.layers)
 
 
 def test_drn_d_22_has_the_papers_channels_at_full_width():
