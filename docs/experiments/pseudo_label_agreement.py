@@ -14,11 +14,16 @@ share of pixels ("coverage") of the domain's own decoder's argmax:
   without counterpart on either side counts as agreeing: it has no vote);
 * ``agree_confident``: both.
 
+and per class (``--by-class``): of the class's pixels, the share that is
+confident, and the share confident *and* right (what the consistency terms
+can teach about it); of the confident pixels predicted as the class, the
+share right (the precision of its pseudo-labels).
+
 The question it answers (docs/RESULTS.md, nineteenth session): would
 co-training across label spaces (keep a pseudo-label only where the two
 decoders agree) make the consistency terms' targets cleaner?
 
-    python docs/experiments/pseudo_label_agreement.py RUN_DIR [--json OUT]
+    python docs/experiments/pseudo_label_agreement.py RUN_DIR [--by-class] [--json OUT]
 """
 
 import argparse
@@ -46,6 +51,9 @@ def agreement_figures(run, domain, other, threshold, batch_size=4):
     sets = transfer.correspondence(other, domain.name).label_sets()[:-1]  # [other classes, own classes]
     other_has_counterpart, own_has_counterpart = sets.sum(1) > 0, sets.sum(0) > 0
     counts = {way: [0, 0] for way in ("all", "confident", "agree", "agree_confident")}
+    classes = domain.num_classes
+    # Per class: its pixels, confident ones, confident and right; confident predictions of it, right.
+    per_class = np.zeros((5, classes), np.int64)
     loaded = inference.load_examples(unlabelled_examples(run, domain), domain.lookup_table())
     for batch in inference.same_size_batches(loaded, batch_size):
         images, labels = inference.stack(batch)
@@ -61,14 +69,27 @@ def agreement_figures(run, domain, other, threshold, batch_size=4):
                           ("agree_confident", known & agree & confident)):
             counts[way][0] += int((right & mask).sum())
             counts[way][1] += int(mask.sum())
+        truth = np.where(known, labels, classes)  # Unknown pixels in an extra bin, dropped below.
+        for row, (values, mask) in enumerate(((truth, known), (truth, known & confident),
+                                              (truth, right & confident), (own, known & confident),
+                                              (own, right & confident))):
+            per_class[row] += np.bincount(values[mask], minlength=classes + 1)[:classes]
     total = counts["all"][1]
-    return {way: {"accuracy": right / max(n, 1), "coverage": n / max(total, 1)}
-            for way, (right, n) in counts.items()}
+    figures = {way: {"accuracy": right / max(n, 1), "coverage": n / max(total, 1)}
+               for way, (right, n) in counts.items()}
+    pixels, confident_pixels, confident_right, predicted, predicted_right = per_class
+    by_class = {name: {"pixels": int(pixels[c]),
+                       "confident": confident_pixels[c] / max(pixels[c], 1),
+                       "confident_and_right": confident_right[c] / max(pixels[c], 1),
+                       "precision": predicted_right[c] / max(predicted[c], 1)}
+                for c, name in enumerate(domain.class_names)}
+    return figures, by_class
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
+    parser.add_argument("--by-class", action="store_true", help="print the per-class figures too")
     parser.add_argument("--json", help="write the figures here too")
     args = parser.parse_args()
     run = runs.load_run(args.run_dir)
@@ -77,11 +98,16 @@ def main():
     for domain in run.domains:
         for other in names:
             if other != domain.name and transfer.correspondence(other, domain.name) is not None:
-                results[f"{domain.name}<-{other}"] = agreement_figures(
-                    run, domain, other, run.config.consistency.threshold)
+                figures, by_class = agreement_figures(run, domain, other, run.config.consistency.threshold)
+                results[f"{domain.name}<-{other}"] = {**figures, "by_class": by_class}
     for pair, figures in results.items():
         print(pair, "  ".join(f"{way}: {100 * f['accuracy']:.1f}% right on {100 * f['coverage']:.0f}%"
-                               for way, f in figures.items()))
+                               for way, f in figures.items() if way != "by_class"))
+        if args.by_class:
+            for name, f in figures["by_class"].items():
+                print(f"  {name}: {f['pixels']} pixels, {100 * f['confident']:.0f}% confident, "
+                      f"{100 * f['confident_and_right']:.0f}% confident and right; "
+                      f"confident predictions of it {100 * f['precision']:.0f}% right")
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(results, indent=1))
 
