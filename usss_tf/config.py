@@ -23,6 +23,8 @@ from usss_tf.errors import ConfigError
 # (its defaults, METHOD_DEFAULTS, leave the unlabelled-pixel terms off).
 METHODS = ("supervised", "finetune", "univ_basic", "univ_full", "univ_paper")
 BACKBONES = ("erfnet", "drn_d_22", "drn_d_38", "drn_d_54", "drn_d_105", "hub")
+# model.backbone_weights files read as PyTorch state dicts (DRN-D checkpoints).
+TORCH_SUFFIXES = (".pth", ".pt")
 OPTIMIZERS = ("adamw", "sgd")
 MASKED_AUGMENTATIONS = ("training", "flips")
 # The config's sections besides name/method/seed/domains, in file order.
@@ -129,8 +131,8 @@ class ModelConfig:
         _check_positive(key, self, ("width", "temperature"))
         if not 0 < self.depth <= 1:
             raise ConfigError(f"key '{key}.depth': expected 0 < depth <= 1, got {self.depth}")
-        weights = str(self.backbone_weights or "")
-        full_depth_weights = self.backbone == "hub" or weights.endswith((".pth", ".pt"))
+        weights = pathlib.Path(self.backbone_weights or "")
+        full_depth_weights = self.backbone == "hub" or weights.suffix in TORCH_SUFFIXES
         if self.depth != 1 and full_depth_weights:
             raise ConfigError(
                 f"key '{key}.depth': {self.depth} is not 1.0, but '{key}.backbone_weights' "
@@ -143,8 +145,9 @@ class ModelConfig:
 class AugmentConfig:
     # Random scale of every training crop, times the domain's scale: the range
     # DeepLab and UniMatch train with. On the synthetic domains it beat 0.75-1.25
-    # for univ_full's defaults at N = 2 and 10 and for univ_basic (docs/RESULTS.md,
-    # "A wider scale range"). The paper's pipelines keep 1.0.
+    # for univ_full's defaults at N = 2 and 10 and for univ_basic at 900 universal
+    # steps, and was level at the quickstart's 300 (docs/RESULTS.md, "A wider
+    # scale range"). The paper's pipelines keep 1.0.
     min_scale: float = 0.5
     max_scale: float = 2.0
     flip: bool = True

@@ -6,14 +6,13 @@ Every encoder maps ImageNet-normalised float RGB [B, H, W, 3] (what
 
 import pathlib
 
-from usss_tf.config import BACKBONES
+from usss_tf.config import BACKBONES, TORCH_SUFFIXES
 from usss_tf.errors import ConfigError
 from usss_tf.model.drn import DRN_D_VARIANTS, build_drn_d
 from usss_tf.model.erfnet import build_erfnet
 
 OUTPUT_STRIDE = 8
 HUB = "hub"
-TORCH_SUFFIXES = (".pth", ".pt")
 
 
 def build_backbone(name, weights=None, width=1.0, dropout=0.0, sync_batchnorm=False, depth=1.0):

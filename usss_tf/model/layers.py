@@ -14,7 +14,8 @@ def make_divisible(channels, width, minimum=8):
 
 def scale_depth(blocks, depth):
     """Scales a stage's number of blocks by ``depth`` (EfficientNet's depth coefficient):
-    ``ceil(blocks * depth)``, at least one, so every stage and its stride stay."""
+    ``ceil(blocks * depth)``, at least one, so every stage and its stride stay.
+    The epsilon keeps a float product like 0.3 * 10 = 3.0000000000000004 at 3."""
     return max(1, math.ceil(blocks * depth - 1e-9))
 
 
