@@ -1,5 +1,7 @@
 """Cross-label-space transfer: the correspondence tables and the metric on hand-built label maps."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -76,8 +78,49 @@ def test_evaluate_reports_transfer_both_ways_for_a_univ_full_run(tiny_run):
     results = evaluate.evaluate_run(tiny_run)
     for source, target in (("synth_city", "synth_camvid"), ("synth_camvid", "synth_city")):
         ways = results[source]["transfer"][target]
-        assert set(ways) == {"decoder", "embedding"}
+        assert set(ways) == {"decoder", "embedding", "decoder_colour_matched"}
         for figures in ways.values():
             assert 0.0 <= figures["miou"] <= 1.0
             assert set(figures["per_class_iou"]) == set(transfer.correspondence(source, target).concept_names)
     assert "in synth_camvid's label space" in evaluate.format_report(results)
+    # Training scored the final model the same way, on the same images and colours.
+    trained = json.loads((tiny_run / "metrics.json").read_text())
+    for source in ("synth_city", "synth_camvid"):
+        for target, ways in results[source]["transfer"].items():
+            for way, figures in ways.items():
+                assert trained[source]["transfer"][target][way]["miou"] == pytest.approx(figures["miou"], abs=1e-9)
+
+
+def test_the_colour_matched_way_is_the_decoder_on_images_matched_by_hand(tiny_run):
+    """Each image moved from its own channel mean and std (all its pixels) to the
+    reference's, clipped and rounded, then the target's decoder: as the plain way reads it."""
+    from usss_tf import runs
+
+    model = runs.load_run(tiny_run).model
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (2, 32, 64, 3)).astype(np.uint8)
+    images[1] //= 3  # a darker image: its own moments, not the batch's
+    reference = (np.array([90.0, 120.0, 60.0]), np.array([30.0, 20.0, 45.0]))
+    mean, std = images.mean((1, 2), keepdims=True), images.std((1, 2), keepdims=True)
+    by_hand = np.round(np.clip((images - mean) / std * reference[1] + reference[0], 0, 255)).astype(np.uint8)
+    plain = transfer.TransferPredictor(model, "synth_city", "synth_camvid")
+    matched = transfer.TransferPredictor(model, "synth_city", "synth_camvid", reference_moments=reference)
+    ids = matched.class_ids(images, (32, 64))
+    assert set(ids) == {"decoder", "decoder_colour_matched"}
+    np.testing.assert_array_equal(ids["decoder"], plain.class_ids(images, (32, 64))["decoder"])
+    np.testing.assert_array_equal(ids["decoder_colour_matched"], plain.class_ids(by_hand, (32, 64))["decoder"])
+
+
+def test_a_domain_whose_labelled_images_are_gone_loses_only_its_colour_matched_figures(tiny_run):
+    from usss_tf import evaluate, runs
+    from usss_tf.run_dir import MANIFEST, RunDir
+
+    config = runs.read_config(tiny_run)
+    manifest = RunDir(tiny_run, writable=False).read_json(MANIFEST, {})
+    names = {"synth_city", "synth_camvid"}
+    assert set(evaluate.labelled_colour_moments(config, manifest, names)) == names
+    manifest["synth_city"]["labeled"] = manifest["synth_city"]["labeled"] + ["no_such_image"]
+    notes = []
+    moments = evaluate.labelled_colour_moments(config, manifest, names, echo=notes.append)
+    assert set(moments) == {"synth_camvid"}
+    assert len(notes) == 1 and "domain 'synth_city'" in notes[0] and "1 of its labelled images are gone" in notes[0]

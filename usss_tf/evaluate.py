@@ -26,7 +26,7 @@ from usss_tf import domains as domain_registry
 from usss_tf import metrics as metrics_lib
 from usss_tf import inference, method, runs, transfer
 from usss_tf.data import readers, sources
-from usss_tf.errors import ConfigError, UnknownDomainError
+from usss_tf.errors import ConfigError, UnknownDomainError, UsssError
 from usss_tf.run_dir import MANIFEST, RunDir, write_json_atomic
 
 
@@ -150,6 +150,32 @@ def _export_predictors(saved_model, selected):
         raise ConfigError(f"--saved-model {path}: {error.args[0]}") from None
 
 
+def labelled_colour_moments(config, manifest, names, echo=None):
+    """``{domain: (mean, std)}``: each named domain's channel moments over the known
+    pixels of the run's labelled draw (``manifest.json``), the reference of the
+    ``decoder_colour_matched`` transfer figures. A domain whose labelled images
+    cannot be read again is left out, with a note: its other figures stand."""
+    moments = {}
+    for index, domain_config in enumerate(config.domains):
+        entry = manifest.get(domain_config.name) or {}
+        if domain_config.name not in names or not entry.get("labeled"):
+            continue
+        domain = domain_registry.get_domain(domain_config.name)
+        try:
+            root = sources.run_root(domain_config, index, entry, (domain_config.train_split,), echo=echo)
+            keys = set(entry["labeled"])
+            examples = [e for e in readers.list_examples(domain, root, domain_config.train_split,
+                                                         require_labels=False) if e.key in keys]
+            if len(examples) != len(keys):
+                raise ConfigError(f"{len(keys) - len(examples)} of its labelled images are gone")
+            moments[domain.name] = transfer.colour_reference(domain, examples)
+        except (UsssError, ValueError, OSError) as error:
+            if echo:
+                echo(f"note: domain '{domain.name}': no colour-matched transfer figures, its "
+                     f"labelled images cannot be read again ({error})")
+    return moments
+
+
 def evaluate_run(run_dir, split="val", domains=None, batch_size=None, predictions_dir=None,
                  echo=None, saved_model=None):
     """Evaluates the run in ``run_dir`` on ``split`` of each (selected) domain.
@@ -163,7 +189,9 @@ def evaluate_run(run_dir, split="val", domains=None, batch_size=None, prediction
     the run's checkpoint, on the run's data: the check that serving predicts
     what evaluation measured. A checkpoint's figures of a domain whose classes
     correspond to another domain's also have ``transfer``
-    (``usss_tf.transfer.evaluate_transfer``). Each domain's ``data`` says
+    (``usss_tf.transfer.evaluate_transfer``; ``decoder_colour_matched`` in the
+    colours of the target's labelled images: ``labelled_colour_moments``).
+    Each domain's ``data`` says
     which folder and split were scored and whether they match the run's
     fingerprint of that split (``sources.split_matches_run``); a relative
     ``root`` is read from the folder the run recorded (``sources.run_root``),
@@ -189,6 +217,12 @@ def evaluate_run(run_dir, split="val", domains=None, batch_size=None, prediction
     batch_size = batch_size or config.data.eval_batch_size
     run = RunDir(run_dir, writable=False)
     manifest = run.read_json(MANIFEST, {})
+    reference_moments = {}
+    if model is not None:
+        corresponding = {d.name for d in config.domains
+                         if any(transfer.correspondence(other.name, d.name) is not None
+                                for _, other in selected if other.name != d.name)}
+        reference_moments = labelled_colour_moments(config, manifest, corresponding, echo=echo)
     results = {}
     for index, domain_config in selected:
         domain = domain_registry.get_domain(domain_config.name)
@@ -217,7 +251,8 @@ def evaluate_run(run_dir, split="val", domains=None, batch_size=None, prediction
             transferred = transfer.evaluate_transfer(
                 model, domain, examples, batch_size,
                 with_embedding=method.has_label_centroids(config.method),
-                targets=[d.name for d in config.domains if d.name != domain.name])
+                targets=[d.name for d in config.domains if d.name != domain.name],
+                reference_moments=reference_moments)
             if transferred:
                 results[domain.name]["transfer"] = transferred
         if echo:

@@ -42,7 +42,8 @@ _GRID_KEYS = {"name", "base", "set", "methods", "labeled", "seeds", "out", "uppe
 UPPER_BOUND = "upper_bound"  # The cells of the fully-labelled reference (univ_basic runs).
 CSV_FIELDS = ("method", "labeled", "seed", "domain", "miou", "pixel_accuracy", "num_images",
               "seconds", "transfer_target", "transfer_decoder_miou", "transfer_embedding_miou",
-              "run_dir")
+              "transfer_decoder_colour_matched_miou", "run_dir")
+TRANSFER_WAYS = ("decoder", "decoder_colour_matched", "embedding")  # usss_tf.transfer's, table order
 
 
 @dataclasses.dataclass
@@ -254,8 +255,7 @@ def collect_rows(grid):
                 "miou": r["miou"], "pixel_accuracy": r["pixel_accuracy"],
                 "num_images": r["num_images"], "seconds": result["seconds"],
                 "transfer_target": target,
-                "transfer_decoder_miou": ways.get("decoder", {}).get("miou", ""),
-                "transfer_embedding_miou": ways.get("embedding", {}).get("miou", ""),
+                **{f"transfer_{way}_miou": ways.get(way, {}).get("miou", "") for way in TRANSFER_WAYS},
                 "run_dir": str(run_dir),
             })
     return rows
@@ -319,7 +319,7 @@ def _table_head(grid, caption, align="---:|"):
 def format_markdown(grid, rows):
     table = summarize(rows)
     differences = paired(rows, grid.baseline)
-    transfer = {way: summarize(rows, f"transfer_{way}_miou") for way in ("decoder", "embedding")}
+    transfer = {way: summarize(rows, f"transfer_{way}_miou") for way in TRANSFER_WAYS}
     methods = ([UPPER_BOUND] if grid.upper_bound else []) + list(grid.methods)
     lines = [f"# {grid.name}", "",
              f"mIoU (%) on the full validation split, mean ± std over seeds {grid.seeds} "
@@ -360,11 +360,12 @@ def format_markdown(grid, rows):
         if targets:
             lines += _table_head(grid, f"Transfer: {domain}'s images in {', '.join(targets)}'s label "
                                  "space (corresponding classes), mIoU (%) by that domain's decoder / "
-                                 "by the nearest label centroid:")
+                                 "by it on the images in its labelled images' colours / "
+                                 "by the nearest label centroid (those a run has):")
             for method in grid.methods:
                 cells = []
                 for n in grid.labeled:
-                    ways = [transfer[w].get(domain, {}).get(method, {}).get(n) for w in ("decoder", "embedding")]
+                    ways = [transfer[w].get(domain, {}).get(method, {}).get(n) for w in TRANSFER_WAYS]
                     cells.append(" / ".join(_format_cell(v) for v in ways if v is not None) or "—")
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
             lines.append("")

@@ -288,12 +288,15 @@ class Experiment:
 
     def _add_transfer(self, results, global_step):
         """Adds the cross-label-space transfer figures (``usss_tf.transfer``) of the final model
-        to ``results`` and TensorBoard (``transfer/<A>_in_<B>/<decoder|embedding>``)."""
+        to ``results`` and TensorBoard (``transfer/<A>_in_<B>/<way>``)."""
+        references = {inputs.domain.name: transfer.colour_reference(inputs.domain, inputs.labeled)
+                      for inputs in self.inputs if inputs.labeled}
         for inputs in self.inputs:
             name = inputs.domain.name
             transferred = transfer.evaluate_transfer(
                 self.model, inputs.domain, inputs.val, self.config.data.eval_batch_size,
-                with_embedding=method.has_label_centroids(self.config.method))
+                with_embedding=method.has_label_centroids(self.config.method),
+                reference_moments=references)
             if not transferred:
                 continue
             results[name]["transfer"] = transferred

@@ -9,7 +9,15 @@ below), domain A's validation images are labelled in B's label space two ways:
 * ``decoder``: B's decoder on A's encoder features (A's scale): every model
   with both decoders has it (``univ_basic``, ``finetune``, ``univ_*``);
 * ``embedding``: the nearest of B's label centroids to each pixel's embedding
-  (runs that fit centroids: ``univ_full``, ``univ_paper``).
+  (runs that fit centroids: ``univ_full``, ``univ_paper``);
+* ``decoder_colour_matched``: B's decoder on A's images with each image's
+  channel means and stds moved to those of B's labelled training images
+  (``usss_tf.data.colour_transfer``; where the caller has them). ``decoder``
+  mixes two things: whether the shared features carry A's content into B's
+  classes, and how far A's colours are from anything B's decoder was trained
+  on. A model that learns the other domain's labels in its own colours
+  (``univ_full``'s cross-domain supervision) scores low on the first way and
+  high on this one (docs/RESULTS.md, "Transfer in the target's colours").
 
 Both are scored against A's labels mapped into the shared concepts of the
 table (a concept is a set of A classes and a set of B classes: CamVid's ``car``
@@ -26,6 +34,7 @@ import tensorflow as tf
 
 from usss_tf import inference
 from usss_tf import metrics as metrics_lib
+from usss_tf.data import colour_transfer
 from usss_tf.domains import IGNORE_LABEL, get_domain
 
 __all__ = ["Correspondence", "CORRESPONDENCES", "concept_confusion", "correspondence", "evaluate_transfer",
@@ -168,20 +177,31 @@ class TransferPredictor:
     One traced pass encodes the images once and returns ``{"decoder": ids}``
     (the target's decoder on those features) and, ``with_embedding``,
     ``"embedding"`` (the nearest target label centroid) from the same features.
+    With ``reference_moments`` (the target's labelled images' channel
+    ``(mean, std)``), ``"decoder_colour_matched"`` too: the target's decoder
+    on the images moved to those moments, each from its own.
     """
 
-    def __init__(self, model, source, target, with_embedding=False):
+    def __init__(self, model, source, target, with_embedding=False, reference_moments=None):
         self.model, self.source, self.target = model, source, target
         self.with_embedding = with_embedding
+        self.reference_moments = reference_moments
+        self.ways = (("decoder",) + (("embedding",) if with_embedding else ())
+                     + (("decoder_colour_matched",) if reference_moments is not None else ()))
         self._predict = tf.function(self._class_ids, input_signature=[_IMAGES, _SIZE], autograph=False)
+
+    def _decoder_ids(self, features, size):
+        return tf.cast(tf.argmax(self.model.decode(features, self.target, size), axis=-1), tf.uint8)
 
     def _class_ids(self, images, size):
         features = self.model.features(images, self.source)
-        logits = self.model.decode(features, self.target, size)
-        out = {"decoder": tf.cast(tf.argmax(logits, axis=-1), tf.uint8)}
+        out = {"decoder": self._decoder_ids(features, size)}
         if self.with_embedding:
             nearest = self.model.nearest_classes(images, self.source, size, features=features)
             out["embedding"] = nearest[f"nearest_class_{self.target}"]
+        if self.reference_moments is not None:
+            out["decoder_colour_matched"] = self._decoder_ids(
+                self.model.features(colour_matched(images, self.reference_moments), self.source), size)
         return out
 
     def class_ids(self, images, size):
@@ -190,8 +210,23 @@ class TransferPredictor:
         return {way: ids.numpy() for way, ids in out.items()}
 
 
+def colour_reference(domain, labelled_examples):
+    """(mean, std) per channel over the known pixels of ``domain``'s ``labelled_examples``
+    (its labelled training images): the colours of ``decoder_colour_matched``."""
+    loaded = inference.load_examples(labelled_examples, domain.lookup_table())
+    return colour_transfer.labelled_set_moments((image, label) for _, image, label in loaded)
+
+
+def colour_matched(images, reference_moments):
+    """uint8 ``images`` [B, H, W, 3], each moved from its own channel moments to
+    ``reference_moments`` (``colour_transfer.match_colours``), rounded."""
+    moved = colour_transfer.match_colours(tf.cast(images, tf.float32),
+                                          colour_transfer.image_moments(images), reference_moments)
+    return tf.cast(tf.round(moved), tf.uint8)
+
+
 def evaluate_transfer(model, source_domain, examples, batch_size=4, with_embedding=False,
-                      targets=None):
+                      targets=None, reference_moments=None):
     """Transfer figures of ``source_domain``'s ``examples`` into every corresponding domain.
 
     Args:
@@ -200,29 +235,34 @@ def evaluate_transfer(model, source_domain, examples, batch_size=4, with_embeddi
       examples: its labelled examples (e.g. the validation split).
       with_embedding: score the embedding branch too (the model has fitted centroids).
       targets: the target domains to consider (default: every other domain of the model).
+      reference_moments: ``{target: (mean, std)}``, the channel moments of a
+        target's labelled training images (``colour_reference``):
+        score ``decoder_colour_matched`` for the targets it has.
     Returns:
-      ``{target: {"decoder": figures, "embedding": figures}}`` for each target
-      with a correspondence (``embedding`` only ``with_embedding``); figures
+      ``{target: {"decoder": figures, "embedding": figures, "decoder_colour_matched":
+      figures}}`` for each target with a correspondence (``embedding`` only
+      ``with_embedding``, the last only with the target's moments); figures
       are ``miou``, ``per_class_iou`` (per concept), ``pixel_accuracy``.
     """
+    reference_moments = reference_moments or {}
     pairs = {}
     for target in targets or [d for d in model.domains if d != source_domain.name]:
         table = correspondence(source_domain.name, target)
         if table is not None and target in model.domains:
-            pairs[target] = (table, TransferPredictor(model, source_domain.name, target, with_embedding))
+            pairs[target] = (table, TransferPredictor(model, source_domain.name, target, with_embedding,
+                                                      reference_moments.get(target)))
     if not pairs:
         return {}
-    ways = ("decoder", "embedding") if with_embedding else ("decoder",)
-    confusion = {(t, way): 0 for t in pairs for way in ways}
+    confusion = {target: {way: 0 for way in predictor.ways} for target, (_, predictor) in pairs.items()}
     loaded = inference.load_examples(examples, source_domain.lookup_table())
     for batch in inference.same_size_batches(loaded, batch_size):
         images, labels = inference.stack(batch)
         for target, (table, predictor) in pairs.items():
             for way, ids in predictor.class_ids(images, labels.shape[1:3]).items():
-                confusion[target, way] += concept_confusion(table, labels, ids)
-    return {target: {way: metrics_lib.summarize(confusion[target, way], table.concept_names)
-                     for way in ways}
-            for target, (table, _) in pairs.items()}
+                confusion[target][way] += concept_confusion(table, labels, ids)
+    return {target: {way: metrics_lib.summarize(matrix, pairs[target][0].concept_names)
+                     for way, matrix in ways.items()}
+            for target, ways in confusion.items()}
 
 
 def concept_confusion(table, labels, predictions):

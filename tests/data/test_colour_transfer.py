@@ -1,6 +1,7 @@
 """Colour transfer of labelled crops into another domain's colours (cross_domain_colour)."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from usss_tf.data import colour_transfer
@@ -63,3 +64,33 @@ def test_a_flat_crop_does_not_divide_by_zero():
     out = _match(images, labels, reference, labels)
     assert np.isfinite(out).all()
     np.testing.assert_allclose(out.mean((0, 1, 2)), reference.numpy().mean((0, 1, 2)), rtol=1e-5)
+
+
+def test_labelled_set_moments_pool_the_known_pixels_of_images_of_any_size():
+    rng = np.random.default_rng(3)
+    first = rng.uniform(0, 255, (6, 8, 3)).astype(np.uint8)
+    second = rng.uniform(0, 255, (4, 10, 3)).astype(np.uint8)
+    first_labels = rng.integers(0, 3, (3, 4)).astype(np.uint8)  # half the image's size
+    first_labels[0] = IGNORE_LABEL
+    second_labels = rng.integers(0, 3, (4, 10)).astype(np.uint8)
+    second_labels[:, :3] = IGNORE_LABEL
+    mean, std = colour_transfer.labelled_set_moments([(first, first_labels), (second, second_labels)])
+    first_known = np.repeat(np.repeat(first_labels != IGNORE_LABEL, 2, 0), 2, 1)
+    pixels = np.concatenate([first[first_known], second[second_labels != IGNORE_LABEL]]).astype(np.float64)
+    np.testing.assert_allclose(mean.numpy(), pixels.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(std.numpy(), pixels.std(0), rtol=1e-9)
+
+
+def test_labelled_set_moments_without_a_known_pixel_is_an_error():
+    image = np.zeros((2, 2, 3), np.uint8)
+    with pytest.raises(ValueError, match="no labelled pixel"):
+        colour_transfer.labelled_set_moments([(image, np.full((2, 2), IGNORE_LABEL, np.uint8))])
+
+
+def test_image_moments_are_each_images_own():
+    rng = np.random.default_rng(4)
+    images = rng.uniform(0, 255, (3, 5, 7, 3))
+    mean, std = colour_transfer.image_moments(images)
+    assert mean.shape == std.shape == (3, 1, 1, 3)
+    np.testing.assert_allclose(mean.numpy()[:, 0, 0], images.mean((1, 2)), rtol=1e-12)
+    np.testing.assert_allclose(std.numpy()[:, 0, 0], images.std((1, 2)), rtol=1e-9)
