@@ -75,6 +75,12 @@ def test_study_runs_every_cell_and_resumes(tmp_path, tiny_run_settings):
     again = CliRunner().invoke(main, ["study", str(path), "--out", str(out)])
     assert again.exit_code == 0 and again.output.count("done, skipping") == 3
 
+    # Scored again with today's evaluate: the same figures (evaluation is deterministic), wall times kept.
+    rescored = CliRunner().invoke(main, ["study", str(path), "--out", str(out), "--re-evaluate"])
+    assert rescored.exit_code == 0 and rescored.output.count("done, evaluating again") == 3, rescored.output
+    with open(out / "results.csv") as handle:
+        assert list(csv.DictReader(handle)) == rows
+
     # The grid changed since: a finished cell is refused, not reported as the new grid's.
     grid = yaml.safe_load(path.read_text())
     grid["set"]["train.learning_rate"] = 0.5

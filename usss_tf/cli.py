@@ -237,8 +237,10 @@ def export_command(run_dir, model_base, version, max_image_pixels, max_request_p
 @click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
               help="Worker processes running cells side by side.")
 @click.option("--shard", default=None, hidden=True, help="i/n: run every n-th cell from i (workers).")
+@click.option("--re-evaluate", is_flag=True,
+              help="Score the finished cells again with today's evaluate (their wall times kept).")
 @_friendly_errors
-def study(grid_path, out, devices, jobs, shard):
+def study(grid_path, out, devices, jobs, shard, re_evaluate):
     """Run methods x N x seeds of GRID.yaml (resumable); write results.csv/.md/.png."""
     from usss_tf import study as study_lib
 
@@ -248,7 +250,7 @@ def study(grid_path, out, devices, jobs, shard):
     started = time.perf_counter()
     shard = tuple(int(v) for v in shard.split("/")) if shard else None
     rows = study_lib.run_study(grid, devices=_parse_devices(devices), echo=click.echo, jobs=jobs,
-                               shard=shard, grid_path=grid_path)
+                               shard=shard, grid_path=grid_path, re_evaluate=re_evaluate)
     if shard:
         return
     click.echo(study_lib.format_markdown(grid, rows))

@@ -152,17 +152,19 @@ def load_grid(path, out=None):
     return grid
 
 
-def run_study(grid, devices=None, echo=print, jobs=1, shard=None, grid_path=None):
+def run_study(grid, devices=None, echo=print, jobs=1, shard=None, grid_path=None, re_evaluate=False):
     """Runs every cell not finished yet; returns the result rows.
 
     ``jobs > 1`` runs the cells in that many worker processes (each takes every
     ``jobs``-th cell): small models leave cores idle, and separate processes
     keep one run's failure or memory from touching another. ``shard=(i, n)``
-    is what such a worker runs.
+    is what such a worker runs. ``re_evaluate`` scores the finished cells
+    again with today's ``usss_tf.evaluate`` (their recorded wall time kept):
+    for a study made before evaluation reported a figure it reports now.
     """
     grid.out.mkdir(parents=True, exist_ok=True)
     if jobs > 1:
-        return _run_workers(grid, grid_path, jobs, devices, echo)
+        return _run_workers(grid, grid_path, jobs, devices, echo, re_evaluate)
     from usss_tf import evaluate as evaluate_lib
     from usss_tf import train as train_lib
 
@@ -176,7 +178,14 @@ def run_study(grid, devices=None, echo=print, jobs=1, shard=None, grid_path=None
         if figures_path.exists():
             # Figures of a run the grid no longer describes are refused, not reported.
             run_dir_lib.RunDir(run_dir).check_config(config)
-            echo(f"[study {index}/{len(cells)}] {method} N={n} seed={seed}: done, skipping")
+            if not re_evaluate:
+                echo(f"[study {index}/{len(cells)}] {method} N={n} seed={seed}: done, skipping")
+                continue
+            echo(f"[study {index}/{len(cells)}] {method} N={n} seed={seed}: done, evaluating again")
+            seconds = json.loads(figures_path.read_text())["seconds"]
+            evaluate_lib.write_results({"seconds": seconds, "domains": evaluate_lib.evaluate_run(run_dir)},
+                                       figures_path)
+            _clear_session()
             continue
         echo(f"[study {index}/{len(cells)}] {method} N={n} seed={seed} -> {run_dir}")
         started = time.perf_counter()
@@ -193,7 +202,7 @@ def run_study(grid, devices=None, echo=print, jobs=1, shard=None, grid_path=None
     return rows
 
 
-def _run_workers(grid, grid_path, jobs, devices, echo):
+def _run_workers(grid, grid_path, jobs, devices, echo, re_evaluate=False):
     import subprocess
     import sys
 
@@ -214,6 +223,8 @@ def _run_workers(grid, grid_path, jobs, devices, echo):
                    "--shard", f"{worker}/{jobs}"]
         if devices is not None:
             command += ["--devices", str(devices)]
+        if re_evaluate:
+            command.append("--re-evaluate")
         workers.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))
         logs.append(log)
     echo(f"{jobs} workers started; logs in {grid.out}/worker*.log")
