@@ -4,7 +4,7 @@ What the cross-domain entropy is for: aligning the domains so that one
 domain's classes describe another's pixels. For a pair of domains whose
 classes correspond (a ``Correspondence``: the synthetic domains by
 construction, Cityscapes <-> CamVid and Cityscapes <-> IDD by the tables
-below), domain A's validation images are labelled in B's label space two ways:
+below), domain A's validation images are labelled in B's label space three ways:
 
 * ``decoder``: B's decoder on A's encoder features (A's scale): every model
   with both decoders has it (``univ_basic``, ``finetune``, ``univ_*``);
@@ -16,10 +16,11 @@ below), domain A's validation images are labelled in B's label space two ways:
   mixes two things: whether the shared features carry A's content into B's
   classes, and how far A's colours are from anything B's decoder was trained
   on. A model that learns the other domain's labels in its own colours
-  (``univ_full``'s cross-domain supervision) scores low on the first way and
-  high on this one (docs/RESULTS.md, "Transfer in the target's colours").
+  (``univ_full``'s cross-domain supervision) scores below ``univ_basic`` on
+  ``decoder`` and far above it on this one (docs/RESULTS.md, "Transfer in
+  the target's colours").
 
-Both are scored against A's labels mapped into the shared concepts of the
+All are scored against A's labels mapped into the shared concepts of the
 table (a concept is a set of A classes and a set of B classes: CamVid's ``car``
 covers Cityscapes' car, truck, bus and train). A's pixels of classes without a
 counterpart are ignored; a prediction of a B class without a counterpart is an
