@@ -1,6 +1,7 @@
 """``usss-tf study``: a grid of runs, resumable, summarised as CSV, Markdown and a chart."""
 
 import csv
+import json
 
 import pytest
 import yaml
@@ -75,7 +76,19 @@ def test_study_runs_every_cell_and_resumes(tmp_path, tiny_run_settings):
     again = CliRunner().invoke(main, ["study", str(path), "--out", str(out)])
     assert again.exit_code == 0 and again.output.count("done, skipping") == 3
 
-    # Scored again with today's evaluate: the same figures (evaluation is deterministic), wall times kept.
+    # Scored again with today's evaluate: a figure an older evaluate did not write comes back, the
+    # others are the same (evaluation is deterministic), wall times kept.
+    figures_path = out / "univ_full" / "n2" / "seed0" / "evaluation.json"
+    figures = json.loads(figures_path.read_text())
+    for r in figures["domains"].values():
+        for ways in r["transfer"].values():
+            del ways["decoder_colour_matched"]
+    figures_path.write_text(json.dumps(figures))
+    assert CliRunner().invoke(main, ["study", str(path), "--out", str(out)]).exit_code == 0
+    with open(out / "results.csv") as handle:
+        assert all(r["transfer_decoder_colour_matched_miou"] == ""
+                   for r in csv.DictReader(handle) if r["method"] == "univ_full")
+    assert " / — / " in (out / "results.md").read_text()  # decoder / (no colour-matched) / embedding
     rescored = CliRunner().invoke(main, ["study", str(path), "--out", str(out), "--re-evaluate"])
     assert rescored.exit_code == 0 and rescored.output.count("done, evaluating again") == 3, rescored.output
     with open(out / "results.csv") as handle:

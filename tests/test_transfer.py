@@ -112,6 +112,7 @@ def test_the_colour_matched_way_is_the_decoder_on_images_matched_by_hand(tiny_ru
 
 
 def test_a_domain_whose_labelled_images_are_gone_loses_only_its_colour_matched_figures(tiny_run):
+    """A missing labelled image or data folder: a note naming the domain, no figure, nothing generated."""
     from usss_tf import evaluate, runs
     from usss_tf.run_dir import MANIFEST, RunDir
 
@@ -120,7 +121,10 @@ def test_a_domain_whose_labelled_images_are_gone_loses_only_its_colour_matched_f
     names = {"synth_city", "synth_camvid"}
     assert set(evaluate.labelled_colour_moments(config, manifest, names)) == names
     manifest["synth_city"]["labeled"] = manifest["synth_city"]["labeled"] + ["no_such_image"]
+    manifest["synth_camvid"]["root"] = str(tiny_run / "no_such_folder")
     notes = []
-    moments = evaluate.labelled_colour_moments(config, manifest, names, echo=notes.append)
-    assert set(moments) == {"synth_camvid"}
-    assert len(notes) == 1 and "domain 'synth_city'" in notes[0] and "1 of its labelled images are gone" in notes[0]
+    assert evaluate.labelled_colour_moments(config, manifest, names, echo=notes.append) == {}
+    assert len(notes) == 2
+    assert "domain 'synth_city'" in notes[0] and "1 of its labelled images are gone" in notes[0]
+    assert "domain 'synth_camvid'" in notes[1] and "no_such_folder) is not there" in notes[1]
+    assert not (tiny_run / "no_such_folder").exists()  # nothing written for it

@@ -20,6 +20,7 @@ import pathlib
 import time
 
 import numpy as np
+import tensorflow as tf
 from PIL import Image
 
 from usss_tf import domains as domain_registry
@@ -153,8 +154,9 @@ def _export_predictors(saved_model, selected):
 def labelled_colour_moments(config, manifest, names, echo=None):
     """``{domain: (mean, std)}``: each named domain's channel moments over the known
     pixels of the run's labelled draw (``manifest.json``), the reference of the
-    ``decoder_colour_matched`` transfer figures. A domain whose labelled images
-    cannot be read again is left out, with a note: its other figures stand."""
+    ``decoder_colour_matched`` transfer figures. Only the folder the run read is
+    read (nothing is generated or prepared for it); a domain whose labelled
+    images cannot be read again is left out, with a note: its other figures stand."""
     moments = {}
     for index, domain_config in enumerate(config.domains):
         entry = manifest.get(domain_config.name) or {}
@@ -162,14 +164,20 @@ def labelled_colour_moments(config, manifest, names, echo=None):
             continue
         domain = domain_registry.get_domain(domain_config.name)
         try:
-            root = sources.run_root(domain_config, index, entry, (domain_config.train_split,), echo=echo)
+            recorded = entry.get("root")
+            if not recorded or not pathlib.Path(recorded).is_dir():
+                raise ConfigError(f"the folder the run read ({recorded}) is not there")
+            root = sources.run_root(domain_config, index, entry, (domain_config.train_split,))
             keys = set(entry["labeled"])
             examples = [e for e in readers.list_examples(domain, root, domain_config.train_split,
                                                          require_labels=False) if e.key in keys]
             if len(examples) != len(keys):
                 raise ConfigError(f"{len(keys) - len(examples)} of its labelled images are gone")
+            unlabelled = [e.image for e in examples if e.label is None]
+            if unlabelled:
+                raise ConfigError(f"{unlabelled[0]} has no label file now")
             moments[domain.name] = transfer.colour_reference(domain, examples)
-        except (UsssError, ValueError, OSError) as error:
+        except (UsssError, ValueError, OSError, tf.errors.OpError) as error:
             if echo:
                 echo(f"note: domain '{domain.name}': no colour-matched transfer figures, its "
                      f"labelled images cannot be read again ({error})")

@@ -183,14 +183,14 @@ def run_study(grid, devices=None, echo=print, jobs=1, shard=None, grid_path=None
                 continue
             echo(f"[study {index}/{len(cells)}] {method} N={n} seed={seed}: done, evaluating again")
             seconds = json.loads(figures_path.read_text())["seconds"]
-            evaluate_lib.write_results({"seconds": seconds, "domains": evaluate_lib.evaluate_run(run_dir)},
-                                       figures_path)
+            evaluate_lib.write_results(
+                {"seconds": seconds, "domains": evaluate_lib.evaluate_run(run_dir, echo=echo)}, figures_path)
             _clear_session()
             continue
         echo(f"[study {index}/{len(cells)}] {method} N={n} seed={seed} -> {run_dir}")
         started = time.perf_counter()
         train_lib.run_experiment(config, run_dir, devices=devices, echo=echo)
-        figures = evaluate_lib.evaluate_run(run_dir)
+        figures = evaluate_lib.evaluate_run(run_dir, echo=echo)
         seconds = round(time.perf_counter() - started, 1)
         evaluate_lib.write_results({"seconds": seconds, "domains": figures}, figures_path)
         _clear_session()
@@ -377,7 +377,8 @@ def format_markdown(grid, rows):
                 cells = []
                 for n in grid.labeled:
                     ways = [transfer[w].get(domain, {}).get(method, {}).get(n) for w in TRANSFER_WAYS]
-                    cells.append(" / ".join(_format_cell(v) for v in ways if v is not None) or "—")
+                    ways = ways if any(v is not None for v in ways[2:]) else ways[:2]  # no centroids: no third
+                    cells.append(" / ".join(_format_cell(v) for v in ways) if any(ways) else "—")
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
             lines.append("")
     seconds = {}

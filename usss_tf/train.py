@@ -289,8 +289,16 @@ class Experiment:
     def _add_transfer(self, results, global_step):
         """Adds the cross-label-space transfer figures (``usss_tf.transfer``) of the final model
         to ``results`` and TensorBoard (``transfer/<A>_in_<B>/<way>``)."""
-        references = {inputs.domain.name: transfer.colour_reference(inputs.domain, inputs.labeled)
-                      for inputs in self.inputs if inputs.labeled}
+        references = {}
+        for inputs in self.inputs:
+            name = inputs.domain.name
+            if not inputs.labeled or not any(transfer.correspondence(other.domain.name, name)
+                                             for other in self.inputs if other is not inputs):
+                continue
+            try:
+                references[name] = transfer.colour_reference(inputs.domain, inputs.labeled)
+            except (ValueError, OSError, tf.errors.OpError) as error:
+                self.echo(f"note: domain '{name}': no colour-matched transfer figures ({error})")
         for inputs in self.inputs:
             name = inputs.domain.name
             transferred = transfer.evaluate_transfer(

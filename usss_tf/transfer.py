@@ -38,8 +38,8 @@ from usss_tf import metrics as metrics_lib
 from usss_tf.data import colour_transfer
 from usss_tf.domains import IGNORE_LABEL, get_domain
 
-__all__ = ["Correspondence", "CORRESPONDENCES", "concept_confusion", "correspondence", "evaluate_transfer",
-           "label_sets"]
+__all__ = ["Correspondence", "CORRESPONDENCES", "TransferPredictor", "colour_matched", "colour_reference",
+           "concept_confusion", "correspondence", "evaluate_transfer", "label_sets"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,7 +221,7 @@ def colour_reference(domain, labelled_examples):
 def colour_matched(images, reference_moments):
     """uint8 ``images`` [B, H, W, 3], each moved from its own channel moments to
     ``reference_moments`` (``colour_transfer.match_colours``), rounded."""
-    moved = colour_transfer.match_colours(tf.cast(images, tf.float32),
+    moved = colour_transfer.match_colours(tf.cast(images, tf.float64),
                                           colour_transfer.image_moments(images), reference_moments)
     return tf.cast(tf.round(moved), tf.uint8)
 
