@@ -16,9 +16,9 @@ below), domain A's validation images are labelled in B's label space three ways:
   mixes two things: whether the shared features carry A's content into B's
   classes, and how far A's colours are from anything B's decoder was trained
   on. A model that learns the other domain's labels in its own colours
-  (``univ_full``'s cross-domain supervision) scores below ``univ_basic`` on
-  ``decoder`` and far above it on this one (docs/RESULTS.md, "Transfer in
-  the target's colours").
+  (``univ_full``'s cross-domain supervision) is far above ``univ_basic`` on
+  this one in every seed, while ``decoder`` cannot tell them apart
+  (docs/RESULTS.md, "Transfer in the target's colours").
 
 All are scored against A's labels mapped into the shared concepts of the
 table (a concept is a set of A classes and a set of B classes: CamVid's ``car``
