@@ -128,3 +128,18 @@ def test_a_domain_whose_labelled_images_are_gone_loses_only_its_colour_matched_f
     assert "domain 'synth_city'" in notes[0] and "1 of its labelled images are gone" in notes[0]
     assert "domain 'synth_camvid'" in notes[1] and "no_such_folder) is not there" in notes[1]
     assert not (tiny_run / "no_such_folder").exists()  # nothing written for it
+
+
+def test_a_changed_training_split_is_warned_about_and_the_reference_still_read(tiny_run):
+    from usss_tf import evaluate, runs
+    from usss_tf.run_dir import MANIFEST, RunDir
+
+    config = runs.read_config(tiny_run)
+    manifest = RunDir(tiny_run, writable=False).read_json(MANIFEST, {})
+    split = config.domains[0].train_split
+    assert manifest["synth_city"]["splits"][split]  # the run recorded its fingerprint
+    manifest["synth_city"]["splits"][split] = {**manifest["synth_city"]["splits"][split], "sha256": "0" * 64}
+    notes = []
+    moments = evaluate.labelled_colour_moments(config, manifest, {"synth_city"}, echo=notes.append)
+    assert set(moments) == {"synth_city"}
+    assert len(notes) == 1 and notes[0].startswith("warning: domain 'synth_city'") and "not the one the run saw" in notes[0]

@@ -169,8 +169,13 @@ def labelled_colour_moments(config, manifest, names, echo=None):
                 raise ConfigError(f"the folder the run read ({recorded}) is not there")
             root = sources.run_root(domain_config, index, entry, (domain_config.train_split,))
             keys = set(entry["labeled"])
-            examples = [e for e in readers.list_examples(domain, root, domain_config.train_split,
-                                                         require_labels=False) if e.key in keys]
+            listed = readers.list_examples(domain, root, domain_config.train_split, require_labels=False)
+            matches_run, change = sources.split_matches_run(listed, domain_config.train_split, entry)
+            if matches_run is False and echo:
+                echo(f"warning: domain '{domain.name}': split '{domain_config.train_split}' in {root} is "
+                     f"not the one the run saw ({change}); its colour-matched transfer figures use "
+                     "the labelled images as they are now")
+            examples = [e for e in listed if e.key in keys]
             if len(examples) != len(keys):
                 raise ConfigError(f"{len(keys) - len(examples)} of its labelled images are gone")
             unlabelled = [e.image for e in examples if e.label is None]
