@@ -44,6 +44,13 @@ def test_label_sets_admit_the_target_classes_of_each_source_label():
     assert transfer.label_sets(["synth_city", "sunrgbd"]) == {}
 
 
+def test_corresponding_targets_are_the_other_domains_with_a_table():
+    domains = ["synth_city", "synth_camvid", "sunrgbd"]
+    assert transfer.corresponding_targets(["synth_city"], domains) == {"synth_camvid"}
+    assert transfer.corresponding_targets(domains, domains) == {"synth_city", "synth_camvid"}
+    assert transfer.corresponding_targets(["sunrgbd"], domains) == set()
+
+
 def test_transfer_miou_on_a_hand_built_pair():
     """synth_city truth, synth_camvid predictions: car and truck are both 'vehicle',
     fence has no counterpart (ignored), a wrong concept costs both concepts' IoU."""

@@ -20,7 +20,6 @@ import pathlib
 import time
 
 import numpy as np
-import tensorflow as tf
 from PIL import Image
 
 from usss_tf import domains as domain_registry
@@ -182,7 +181,7 @@ def labelled_colour_moments(config, manifest, names, echo=None):
             if unlabelled:
                 raise ConfigError(f"{unlabelled[0]} has no label file now")
             moments[domain.name] = transfer.colour_reference(domain, examples)
-        except (UsssError, ValueError, OSError, tf.errors.OpError) as error:
+        except (UsssError, *transfer.READ_ERRORS) as error:
             if echo:
                 echo(f"note: domain '{domain.name}': no colour-matched transfer figures, its "
                      f"labelled images cannot be read again ({error})")
@@ -232,10 +231,8 @@ def evaluate_run(run_dir, split="val", domains=None, batch_size=None, prediction
     manifest = run.read_json(MANIFEST, {})
     reference_moments = {}
     if model is not None:
-        corresponding = {d.name for d in config.domains
-                         if any(transfer.correspondence(other.name, d.name) is not None
-                                for _, other in selected if other.name != d.name)}
-        reference_moments = labelled_colour_moments(config, manifest, corresponding, echo=echo)
+        targets = transfer.corresponding_targets([d.name for _, d in selected], config.domain_names)
+        reference_moments = labelled_colour_moments(config, manifest, targets, echo=echo)
     results = {}
     for index, domain_config in selected:
         domain = domain_registry.get_domain(domain_config.name)

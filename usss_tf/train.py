@@ -290,14 +290,14 @@ class Experiment:
         """Adds the cross-label-space transfer figures (``usss_tf.transfer``) of the final model
         to ``results`` and TensorBoard (``transfer/<A>_in_<B>/<way>``)."""
         references = {}
+        targets = transfer.corresponding_targets(self.config.domain_names, self.config.domain_names)
         for inputs in self.inputs:
             name = inputs.domain.name
-            if not inputs.labeled or not any(transfer.correspondence(other.domain.name, name)
-                                             for other in self.inputs if other is not inputs):
+            if name not in targets or not inputs.labeled:
                 continue
             try:
                 references[name] = transfer.colour_reference(inputs.domain, inputs.labeled)
-            except (ValueError, OSError, tf.errors.OpError) as error:
+            except transfer.READ_ERRORS as error:
                 self.echo(f"note: domain '{name}': no colour-matched transfer figures ({error})")
         for inputs in self.inputs:
             name = inputs.domain.name

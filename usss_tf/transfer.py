@@ -38,8 +38,9 @@ from usss_tf import metrics as metrics_lib
 from usss_tf.data import colour_transfer
 from usss_tf.domains import IGNORE_LABEL, get_domain
 
-__all__ = ["Correspondence", "CORRESPONDENCES", "TransferPredictor", "colour_matched", "colour_reference",
-           "concept_confusion", "correspondence", "evaluate_transfer", "label_sets"]
+__all__ = ["Correspondence", "CORRESPONDENCES", "READ_ERRORS", "TransferPredictor", "colour_matched",
+           "colour_reference", "concept_confusion", "correspondence", "corresponding_targets",
+           "evaluate_transfer", "label_sets"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,6 +210,17 @@ class TransferPredictor:
         """``{way: uint8 [B, H, W]}`` for uint8 images [B, h, w, 3] at ``size``."""
         out = self._predict(tf.convert_to_tensor(images, tf.uint8), tf.constant(size, tf.int32))
         return {way: ids.numpy() for way, ids in out.items()}
+
+
+# What reading a domain's labelled images again can raise (a missing or broken file).
+READ_ERRORS = (ValueError, OSError, tf.errors.OpError)
+
+
+def corresponding_targets(sources, domains):
+    """The names in ``domains`` whose classes correspond to one of ``sources`` (another
+    domain): the targets that get transfer figures, and so need a colour reference."""
+    return {target for target in domains
+            if any(source != target and correspondence(source, target) is not None for source in sources)}
 
 
 def colour_reference(domain, labelled_examples):
