@@ -59,6 +59,7 @@ class Experiment:
         self.model = None
         self.trainer = None
         self.inputs = None
+        self.hue_free = None  # domain -> bool [C] under data.augment.class_hue, made by setup().
         self.monitor = None  # usss_tf.monitoring.RunMonitor, made by setup().
         self.confusions = {}  # domain -> confusion matrix of the latest evaluate().
         self._predictors = {}  # domain -> inference.DomainPredictor, traced once per run.
@@ -71,6 +72,25 @@ class Experiment:
 
     # -- setup ----------------------------------------------------------------------
 
+    def _hue_free_classes(self):
+        """{domain: bool [C]} of the classes whose labelled pixels turn hue
+        (``data.augment.class_hue``), each domain's listed once; None when off."""
+        augment = self.config.data.augment
+        if not augment.class_hue:
+            return None
+        hue_free = {i.domain.name: pipeline.labelled_hue_free_classes(i, augment.class_hue_max_concentration)
+                    for i in self.inputs}
+        for domain, names in self._hue_free_names(hue_free).items():
+            self.echo(f"[data] {domain}: labelled crops turn the hue of {', '.join(names) or 'no class'} "
+                      "(data.augment.class_hue)")
+        return hue_free
+
+    def _hue_free_names(self, hue_free=None):
+        """{domain: [class names]} of ``hue_free`` (default: the run's)."""
+        hue_free = self.hue_free if hue_free is None else hue_free
+        return {i.domain.name: [n for n, free in zip(i.domain.class_names, hue_free[i.domain.name]) if free]
+                for i in self.inputs}
+
     def setup(self):
         cfg = self.config
         self.run_dir.create().save_config(cfg)
@@ -80,6 +100,7 @@ class Experiment:
             if self.unlabeled_terms and not inputs.unlabeled:
                 self.echo(f"domains.{index}.unlabeled is 0: {', '.join(self.unlabeled_terms)} "
                           f"get no images of {inputs.domain.name}")
+        self.hue_free = self._hue_free_classes()
         if self.is_chief:
             pipeline.write_manifest(
                 self.run_dir / run_dir_lib.MANIFEST,
@@ -99,6 +120,7 @@ class Experiment:
             "precision": precision.resolve(cfg.train.precision),
             **_versions(),
             "parameters": int(self.model.count_params()),
+            **({"hue_free_classes": self._hue_free_names()} if self.hue_free else {}),
         })
         logs = self.run_dir.tensorboard
         if self.is_chief:
@@ -184,7 +206,7 @@ class Experiment:
                                           with_unlabeled=with_unlabeled, consistency=consistency,
                                           strong_view=objective.weights["consistency_strong"] > 0,
                                           copy_paste=objective.weights["consistency_paste"] > 0,
-                                          masked=masked)
+                                          masked=masked, hue_free=self.hue_free)
 
         try:
             latest = self.trainer.train(

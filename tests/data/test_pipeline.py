@@ -180,7 +180,8 @@ def test_labels_go_through_the_domain_table(tmp_path):
 
 def test_one_pass_covers_every_labelled_image_once(camvid_tree):
     cfg = _config(camvid_tree, augment={"min_scale": 1.0, "max_scale": 1.0, "flip": False,
-                                        "photometric": False, "copy_paste": False}, crop=[32, 64], batch_size=3)
+                                        "photometric": False, "copy_paste": False, "class_hue": False},
+                 crop=[32, 64], batch_size=3)
     inputs = sources.prepare_domains(cfg)
     (batch,) = _take(pipeline.train_dataset(inputs, cfg.data, 0, 0, 1, with_unlabeled=False), 1)
     ds = pipeline.eval_dataset(inputs[0].domain, inputs[0].labeled, 3)
@@ -225,3 +226,29 @@ def test_an_unknown_alignment_target_names_the_key():
     with pytest.raises(ConfigError, match="key 'consistency.alignment_target'"):
         config_lib.config_from_dict({"domains": [{"name": "camvid", "root": "x"}],
                                      "consistency": {"alignment_target": "dataset"}})
+
+
+def test_class_hue_turns_only_the_hue_free_classes_of_the_labelled_crops(camvid_tree):
+    cfg = _config(camvid_tree, augment={"photometric": False, "class_hue": False})
+    inputs = sources.prepare_domains(cfg)
+    plain = _take(pipeline.train_dataset(inputs, cfg.data, 0, 0, 2), 2)
+    cfg.data.augment.class_hue = True
+    cfg.data.augment.class_hue_probability = 1.0
+    # The tree's pixels are noise in every channel: each class present spreads its hue.
+    cfg.data.augment.class_hue_max_concentration = 1.0
+    free = {i.domain.name: pipeline.labelled_hue_free_classes(i, 1.0) for i in inputs}
+    assert free["camvid"][:3].all() and free["synth_camvid"][:3].all()
+    free["camvid"][1] = False  # Given, not worked out: class 1 of camvid keeps its colours.
+    turned = _take(pipeline.train_dataset(inputs, cfg.data, 0, 0, 2, hue_free=free), 2)
+    again = _take(pipeline.train_dataset(inputs, cfg.data, 0, 0, 2, hue_free=free), 2)
+    for before, after, repeat in zip(plain, turned, again):
+        for name in ("synth_camvid", "camvid"):
+            b, a = before[name], after[name]
+            np.testing.assert_array_equal(a["labels"], b["labels"])
+            np.testing.assert_array_equal(a["unlabeled"], b["unlabeled"])
+            np.testing.assert_array_equal(a["images"], repeat[name]["images"])  # per (seed, step)
+            labels = a["labels"]
+            kept = (labels == 255) | ~free[name][np.where(labels == 255, 0, labels)]
+            np.testing.assert_array_equal(a["images"][kept], b["images"][kept])
+            moved = np.abs(a["images"] - b["images"]).max(-1) > 1.0
+            assert moved[~kept].mean() > 0.3

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from usss_tf import losses
+from usss_tf.data import class_hue as class_hue_lib
 from usss_tf.data import copy_paste as copy_paste_lib
 from usss_tf.data import strong_views
 from usss_tf.data.masking import patch_mask
@@ -185,7 +186,7 @@ def _sample_index(i, n, seed):
 
 
 def _stream(images, labels, batch_size, start_step, num_steps, seed, crop, scale, augment_config, table,
-            consistency=None, strong_view=True):
+            consistency=None, strong_view=True, hue_free=None):
     """A batched stream of augmented crops for steps ``[start_step, start_step + num_steps)``.
 
     Labelled: ``(images, labels)``. Unlabelled: ``images``, or with
@@ -205,6 +206,10 @@ def _stream(images, labels, batch_size, start_step, num_steps, seed, crop, scale
         if label_paths is not None:
             label = decode_label(tf.gather(label_paths, index), table)
             image, label = augment(image, label, element_seed, crop, scale, augment_config)
+            if hue_free is not None:
+                image = class_hue_lib.turn_class_hues(
+                    image, label, hue_free, augment_config.class_hue_probability,
+                    tf.stack([tf.cast(seed, tf.int64) + 3571, i]))
             return image, tf.cast(label, tf.int32)
         if consistency is None:
             return augment(image, None, element_seed, crop, scale, augment_config)[0]
@@ -240,7 +245,7 @@ def _training_steps(ds):
 
 
 def train_dataset(domain_inputs, data_config, seed, start_step, num_steps, with_unlabeled=True,
-                  consistency=None, strong_view=True, copy_paste=False, masked=None):
+                  consistency=None, strong_view=True, copy_paste=False, masked=None, hue_free=None):
     """One element per step: ``{domain: {"images", "labels"[, "unlabeled", ...]}}``.
 
     Args:
@@ -258,16 +263,24 @@ def train_dataset(domain_inputs, data_config, seed, start_step, num_steps, with_
         (``IGNORE_LABEL`` where nothing is pasted).
       masked: a ``MaskedModellingConfig`` to give each unlabelled crop its
         patch mask (``"unlabeled_mask"``, the ``masked_auxiliary`` term).
+      hue_free: with ``data.augment.class_hue``, {domain: bool [C]} of the classes
+        whose labelled pixels turn hue (``labelled_hue_free_classes``); None
+        works them out here.
     """
     per_domain = {}
     crop = tuple(data_config.crop)
     for inputs in domain_inputs:
         base = domain_seed(seed, inputs.domain.name)
         table = inputs.domain.lookup_table()
+        domain_hue_free = None
+        if data_config.augment.class_hue:
+            domain_hue_free = tf.constant(
+                hue_free[inputs.domain.name] if hue_free is not None
+                else labelled_hue_free_classes(inputs, data_config.augment.class_hue_max_concentration))
         labeled = _stream(
             [e.image for e in inputs.labeled], [e.label for e in inputs.labeled],
             data_config.batch_size, start_step, num_steps, base * 4 + LABELED_STREAM, crop,
-            inputs.scale, data_config.augment, table,
+            inputs.scale, data_config.augment, table, hue_free=domain_hue_free,
         )
         labeled = labeled.map(lambda x, y: {"images": x, "labels": y})
         if data_config.augment.copy_paste:
@@ -336,6 +349,15 @@ def _patch_masks(stream_seed, crop, masked_config, start_step, num_steps, batch_
         lambda i: patch_mask(crop, masked_config.patch, masked_config.mask_ratio,
                              tf.stack([tf.cast(stream_seed, tf.int64) + 15485863, i])),
         num_parallel_calls=AUTOTUNE, deterministic=True).batch(batch_size, drop_remainder=True)
+
+
+def labelled_hue_free_classes(inputs, max_concentration):
+    """bool [C]: ``class_hue.hue_free_classes`` of a domain's labelled images as stored
+    (``inputs``: its ``DomainInputs``), at their own resolution, before any augmentation."""
+    table = inputs.domain.lookup_table()
+    images = (decode_image(e.image).numpy() for e in inputs.labeled)
+    labels = (decode_label(e.label, table).numpy() for e in inputs.labeled)
+    return class_hue_lib.hue_free_classes(images, labels, inputs.domain.num_classes, max_concentration)
 
 
 def labelled_class_frequency(label_paths, lookup_table, num_classes):
