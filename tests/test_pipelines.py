@@ -26,6 +26,9 @@ def test_paper_grid_is_complete():
     n100 = config_lib.load_config(PIPELINES / "paper" / "cityscapes_camvid_n100.yaml")
     assert [d.labeled for d in n100.domains] == [100, 100]
     assert n100.train.pretrain_steps + n100.train.steps == 200 * 13
+    for path in (PIPELINES / "paper").glob("*.yaml"):  # the paper's crops: none of our augmentations
+        augment = config_lib.load_config(path).data.augment
+        assert not (augment.photometric or augment.copy_paste or augment.class_hue), path.name
 
 
 def test_synthetic_study_grid_loads(tmp_path):
