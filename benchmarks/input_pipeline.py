@@ -75,6 +75,14 @@ def measure_pipeline(inputs, config, steps, warmup=3):
     return first, steps / elapsed, images
 
 
+def _augmentations(augment):
+    """The training crops' augmentations as the config has them, in words."""
+    steps = [f"scale {augment.min_scale}-{augment.max_scale}", "crop"]
+    steps += [name for name, on in (("flip", augment.flip), ("photometric", augment.photometric),
+                                     ("copy-paste", augment.copy_paste), ("class hue", augment.class_hue)) if on]
+    return ", ".join(steps)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image-size", default="256x512", help="synthetic images on disk, HxW")
@@ -102,7 +110,7 @@ def main():
             "setup": {
                 "domains": list(DOMAINS), "image_size": list(image_size), "crop": list(crop),
                 "batch_per_stream": args.batch, "images_on_disk_per_domain": args.images,
-                "augment": "scale 0.75-1.25, crop, flip, photometric", "generate_seconds": round(generate_seconds, 1),
+                "augment": _augmentations(config.data.augment), "generate_seconds": round(generate_seconds, 1),
             },
             "pipeline": {
                 "images_per_step": images_per_step, "steps": args.steps,

@@ -117,3 +117,13 @@ def test_a_run_directory_is_resumed_only_with_the_config_it_was_written_with(tmp
     assert run.saved_config().loss.cross_domain_supervision == 0.0  # what the run did
     run.save_config(_config({**tiny_run_settings, "loss": {**loss, "masked_auxiliary": 0.0,
                                                            "cross_domain_supervision": 0.0}}, tmp_path))
+
+    # Written before data.augment.class_hue: those runs did not turn hues, and say so.
+    written = yaml.safe_load(run.config_path.read_text())
+    for key in ("class_hue", "class_hue_max_concentration", "class_hue_probability"):
+        del written["data"]["augment"][key]
+    rewrite(written)
+    assert not run.saved_config().data.augment.class_hue
+    with pytest.raises(ConfigError, match=r"changed: data.augment.class_hue \(the run: False, now: True\)"):
+        run.save_config(_config({**tiny_run_settings, "loss": {**loss, "masked_auxiliary": 0.0,
+                                                               "cross_domain_supervision": 0.0}}, tmp_path))

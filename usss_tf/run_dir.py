@@ -3,7 +3,7 @@
 A run directory holds everything a run needs to be resumed and audited::
 
     config.yaml      the resolved config (re-running checks it is unchanged)
-    run.json         seed, versions, devices
+    run.json         seed, versions, devices, hue-free classes (data.augment.class_hue)
     manifest.json    the labelled subset of every domain (by example key)
     stages.json      finished stages with their step counts
     checkpoints/<stage>/   tf.train.CheckpointManager checkpoints (model + optimizer)

@@ -80,6 +80,16 @@ class Experiment:
             return None
         hue_free = {i.domain.name: pipeline.labelled_hue_free_classes(i, augment.class_hue_max_concentration)
                     for i in self.inputs}
+        # A resumed run keeps the classes it started with, should another build of
+        # TensorFlow put a class on the other side of the cut.
+        recorded = self.run_dir.read_json(run_dir_lib.RUN_INFO, {}).get("hue_free_classes", {})
+        worked_out = self._hue_free_names(hue_free)
+        for inputs in self.inputs:
+            name = inputs.domain.name
+            if name in recorded and recorded[name] != worked_out[name]:
+                self.echo(f"note: {name}: the labelled images give hue-free classes {worked_out[name]} "
+                          f"now; keeping the run's {recorded[name]}")
+                hue_free[name] = np.array([c in recorded[name] for c in inputs.domain.class_names])
         for domain, names in self._hue_free_names(hue_free).items():
             self.echo(f"[data] {domain}: labelled crops turn the hue of {', '.join(names) or 'no class'} "
                       "(data.augment.class_hue)")

@@ -19,8 +19,7 @@ def test_hue_concentration_by_hand():
     # Class 0: one hue at two saturations -> 1.
     image[0, 0], image[0, 1] = _hsv_pixel(0.1, 1.0, 1.0), _hsv_pixel(0.1, 0.5, 0.8)
     labels[0, :2] = 0
-    # Class 1: red and cyan, equally saturated -> 0; a quarter turn apart with weights 1 and 1 ->
-    # sqrt(2) / 2. Here: red, cyan, green (hue 1/3) at saturation 1.
+    # Class 1: red, cyan and green (hues 0, 1/2, 1/3) at saturation 1: |1 - 1 + e^(2 pi i / 3)| / 3.
     image[0, 2], image[0, 3], image[1, 0] = (_hsv_pixel(0.0, 1.0, 1.0), _hsv_pixel(0.5, 1.0, 1.0),
                                              _hsv_pixel(1 / 3, 1.0, 1.0))
     labels[0, 2:], labels[1, 0] = 1, 1
@@ -78,3 +77,23 @@ def test_a_run_records_the_classes_it_turned(tiny_run):
         free = pipeline.labelled_hue_free_classes(inputs, config.data.augment.class_hue_max_concentration)
         assert recorded[inputs.domain.name] == [n for n, f in zip(inputs.domain.class_names, free) if f]
     assert any(recorded.values())
+
+
+def test_a_resumed_run_keeps_the_classes_it_started_with(tiny_run, tmp_path):
+    import json
+    import shutil
+
+    from usss_tf import config as config_lib
+    from usss_tf import train as train_lib
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    info = json.loads((run / "run.json").read_text())
+    recorded = {**info["hue_free_classes"], "synth_camvid": ["sky"]}  # As if another build had found sky.
+    (run / "run.json").write_text(json.dumps({**info, "hue_free_classes": recorded}))
+    lines = []
+    experiment = train_lib.Experiment(config_lib.load_config(run / "config.yaml"), run, echo=lines.append)
+    experiment.setup()
+    assert experiment.hue_free["synth_camvid"].tolist() == [n == "sky" for n in experiment.inputs[1].domain.class_names]
+    assert json.loads((run / "run.json").read_text())["hue_free_classes"] == recorded
+    assert [line for line in lines if line.startswith("note: synth_camvid: the labelled images give")]
+    assert "[data] synth_camvid: labelled crops turn the hue of sky (data.augment.class_hue)" in lines

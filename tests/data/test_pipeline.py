@@ -238,6 +238,10 @@ def test_class_hue_turns_only_the_hue_free_classes_of_the_labelled_crops(camvid_
     cfg.data.augment.class_hue_max_concentration = 1.0
     free = {i.domain.name: pipeline.labelled_hue_free_classes(i, 1.0) for i in inputs}
     assert free["camvid"][:3].all() and free["synth_camvid"][:3].all()
+    worked_out = _take(pipeline.train_dataset(inputs, cfg.data, 0, 0, 1), 1)
+    given = _take(pipeline.train_dataset(inputs, cfg.data, 0, 0, 1, hue_free=free), 1)
+    for name in free:  # Not given: worked out from the labelled images, the same classes.
+        np.testing.assert_array_equal(worked_out[0][name]["images"], given[0][name]["images"])
     free["camvid"][1] = False  # Given, not worked out: class 1 of camvid keeps its colours.
     turned = _take(pipeline.train_dataset(inputs, cfg.data, 0, 0, 2, hue_free=free), 2)
     again = _take(pipeline.train_dataset(inputs, cfg.data, 0, 0, 2, hue_free=free), 2)
@@ -252,3 +256,5 @@ def test_class_hue_turns_only_the_hue_free_classes_of_the_labelled_crops(camvid_
             np.testing.assert_array_equal(a["images"][kept], b["images"][kept])
             moved = np.abs(a["images"] - b["images"]).max(-1) > 1.0
             assert moved[~kept].mean() > 0.3
+    with pytest.raises(ValueError, match=r"hue_free\['camvid'\]: 2 entries for 11 classes"):
+        pipeline.train_dataset(inputs, cfg.data, 0, 0, 1, hue_free={"camvid": [True, False]})

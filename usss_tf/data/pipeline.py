@@ -264,8 +264,8 @@ def train_dataset(domain_inputs, data_config, seed, start_step, num_steps, with_
       masked: a ``MaskedModellingConfig`` to give each unlabelled crop its
         patch mask (``"unlabeled_mask"``, the ``masked_auxiliary`` term).
       hue_free: with ``data.augment.class_hue``, {domain: bool [C]} of the classes
-        whose labelled pixels turn hue (``labelled_hue_free_classes``); None
-        works them out here.
+        whose labelled pixels turn hue (``labelled_hue_free_classes``); a domain
+        not in it has them worked out here.
     """
     per_domain = {}
     crop = tuple(data_config.crop)
@@ -274,9 +274,13 @@ def train_dataset(domain_inputs, data_config, seed, start_step, num_steps, with_
         table = inputs.domain.lookup_table()
         domain_hue_free = None
         if data_config.augment.class_hue:
-            domain_hue_free = tf.constant(
-                hue_free[inputs.domain.name] if hue_free is not None
-                else labelled_hue_free_classes(inputs, data_config.augment.class_hue_max_concentration))
+            given = (hue_free or {}).get(inputs.domain.name)
+            if given is None:
+                given = labelled_hue_free_classes(inputs, data_config.augment.class_hue_max_concentration)
+            if len(given) != inputs.domain.num_classes:
+                raise ValueError(f"hue_free['{inputs.domain.name}']: {len(given)} entries for "
+                                 f"{inputs.domain.num_classes} classes")
+            domain_hue_free = tf.constant(given, tf.bool)
         labeled = _stream(
             [e.image for e in inputs.labeled], [e.label for e in inputs.labeled],
             data_config.batch_size, start_step, num_steps, base * 4 + LABELED_STREAM, crop,
