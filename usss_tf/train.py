@@ -83,21 +83,21 @@ class Experiment:
         # A resumed run keeps the classes it started with, should another build of
         # TensorFlow put a class on the other side of the cut.
         recorded = self.run_dir.read_json(run_dir_lib.RUN_INFO, {}).get("hue_free_classes", {})
-        worked_out = self._hue_free_names(hue_free)
+        names = self._hue_free_names(hue_free)
         for inputs in self.inputs:
             name = inputs.domain.name
-            if name in recorded and recorded[name] != worked_out[name]:
-                self.echo(f"note: {name}: the labelled images give hue-free classes {worked_out[name]} "
+            if name in recorded and recorded[name] != names[name]:
+                self.echo(f"note: {name}: the labelled images give hue-free classes {names[name]} "
                           f"now; keeping the run's {recorded[name]}")
                 hue_free[name] = np.array([c in recorded[name] for c in inputs.domain.class_names])
-        for domain, names in self._hue_free_names(hue_free).items():
-            self.echo(f"[data] {domain}: labelled crops turn the hue of {', '.join(names) or 'no class'} "
+                names[name] = recorded[name]
+        for domain, turned in names.items():
+            self.echo(f"[data] {domain}: labelled crops turn the hue of {', '.join(turned) or 'no class'} "
                       "(data.augment.class_hue)")
         return hue_free
 
-    def _hue_free_names(self, hue_free=None):
-        """{domain: [class names]} of ``hue_free`` (default: the run's)."""
-        hue_free = self.hue_free if hue_free is None else hue_free
+    def _hue_free_names(self, hue_free):
+        """{domain: [class names]} of ``hue_free`` ({domain: bool [C]})."""
         return {i.domain.name: [n for n, free in zip(i.domain.class_names, hue_free[i.domain.name]) if free]
                 for i in self.inputs}
 
@@ -130,7 +130,7 @@ class Experiment:
             "precision": precision.resolve(cfg.train.precision),
             **_versions(),
             "parameters": int(self.model.count_params()),
-            **({"hue_free_classes": self._hue_free_names()} if self.hue_free else {}),
+            **({"hue_free_classes": self._hue_free_names(self.hue_free)} if self.hue_free else {}),
         })
         logs = self.run_dir.tensorboard
         if self.is_chief:
